@@ -1,0 +1,3 @@
+"""Typed interface of the Rust extension built from ``rust/imagestream``."""
+
+__version__: str

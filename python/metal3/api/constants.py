@@ -1,0 +1,141 @@
+"""Every string of the metal3.io/v1alpha1 API that code compares against, in one place.
+
+The values are the upstream Metal3 strings: manifests, Cluster API tooling and `kubectl` output
+use them verbatim. The enums are :class:`enum.StrEnum`, so members compare equal to the plain
+strings stored in the API objects.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+GROUP = "metal3.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+BAREMETALHOST_KIND = "BareMetalHost"
+BAREMETALHOST_PLURAL = "baremetalhosts"
+HARDWAREDATA_KIND = "HardwareData"
+HARDWAREDATA_PLURAL = "hardwaredata"
+
+
+class ProvisioningState(StrEnum):
+    """`status.provisioning.state`: where the host is in its lifecycle."""
+
+    NONE = ""
+    UNMANAGED = "unmanaged"
+    REGISTERING = "registering"
+    MATCH_PROFILE = "match profile"  # legacy, read as registering's successor
+    PREPARING = "preparing"
+    READY = "ready"  # legacy name of available
+    AVAILABLE = "available"
+    PROVISIONING = "provisioning"
+    PROVISIONED = "provisioned"
+    EXTERNALLY_PROVISIONED = "externally provisioned"
+    DEPROVISIONING = "deprovisioning"
+    INSPECTING = "inspecting"
+    POWERING_OFF_BEFORE_DELETE = "powering off before delete"
+    DELETING = "deleting"
+    SERVICING = "servicing"
+
+
+class ErrorType(StrEnum):
+    """`status.errorType`: which operation failed."""
+
+    PROVISIONED_REGISTRATION = "provisioned registration error"
+    REGISTRATION = "registration error"
+    INSPECTION = "inspection error"
+    PREPARATION = "preparation error"
+    PROVISIONING = "provisioning error"
+    POWER_MANAGEMENT = "power management error"
+    SERVICING = "servicing error"
+    DETACH = "detach error"
+
+
+class OperationalStatus(StrEnum):
+    """`status.operationalStatus`: the host's health as the operator sees it."""
+
+    NONE = ""
+    OK = "OK"
+    DISCOVERED = "discovered"
+    ERROR = "error"
+    DELAYED = "delayed"
+    DETACHED = "detached"
+    SERVICING = "servicing"
+
+
+class BootMode(StrEnum):
+    UEFI = "UEFI"
+    UEFI_SECURE_BOOT = "UEFISecureBoot"
+    LEGACY = "legacy"
+
+
+class ChecksumType(StrEnum):
+    MD5 = "md5"
+    SHA256 = "sha256"
+    SHA512 = "sha512"
+    AUTO = "auto"
+
+
+class ImageFormat(StrEnum):
+    RAW = "raw"
+    QCOW2 = "qcow2"
+    VDI = "vdi"
+    VMDK = "vmdk"
+    LIVE_ISO = "live-iso"
+
+
+class AutomatedCleaningMode(StrEnum):
+    METADATA = "metadata"
+    DISABLED = "disabled"
+
+
+class InspectionMode(StrEnum):
+    DISABLED = "disabled"
+    AGENT = "agent"
+
+
+class DiskType(StrEnum):
+    """`HardwareDetails.storage[].type`."""
+
+    HDD = "HDD"
+    SSD = "SSD"
+    NVME = "NVME"
+
+
+class DetachedDeleteAction(StrEnum):
+    """`deleteAction` in the detached annotation's JSON value."""
+
+    DELETE = "delete"
+    DETACH = "detach"
+
+
+HARDWARE_RAID_LEVELS: tuple[str, ...] = ("0", "1", "2", "5", "6", "1+0", "5+0", "6+0")
+SOFTWARE_RAID_LEVELS: tuple[str, ...] = ("0", "1", "1+0")
+
+# --- annotations -------------------------------------------------------------------------------
+PAUSED_ANNOTATION = "baremetalhost.metal3.io/paused"
+"""Present: the operator does not reconcile the host at all."""
+DETACHED_ANNOTATION = "baremetalhost.metal3.io/detached"
+"""Present: the host is no longer managed by the provisioner; optional JSON value with deleteAction."""
+STATUS_ANNOTATION = "baremetalhost.metal3.io/status"
+"""Holds a status (JSON) to restore, e.g. after a move between clusters."""
+REBOOT_ANNOTATION_PREFIX = "reboot.metal3.io"
+"""`reboot.metal3.io` or `reboot.metal3.io/<suffix>`; optional JSON value {mode, force}."""
+INSPECT_ANNOTATION_PREFIX = "inspect.metal3.io"
+"""Present (empty): inspect again; value `disabled`: skip inspection."""
+INSPECT_ANNOTATION_DISABLED = "disabled"
+HARDWARE_DETAILS_ANNOTATION = "inspect.metal3.io/hardwaredetails"
+"""JSON HardwareDetails used instead of inspection."""
+PAUSED_BY_STATUS_ANNOTATION_VALUE = "metal3.io/status"
+"""Value of the paused annotation set while a status annotation is being restored."""
+
+# --- finalizers --------------------------------------------------------------------------------
+BAREMETALHOST_FINALIZER = "baremetalhost.metal3.io"
+HARDWAREDATA_FINALIZER = "hardwaredata.metal3.io"
+
+# --- Secrets -----------------------------------------------------------------------------------
+SECRET_USERNAME_KEY = "username"
+SECRET_PASSWORD_KEY = "password"
+SECRET_ENVIRONMENT_LABEL = "environment.metal3.io"
+"""Label the operator puts on Secrets it watches (value `baremetal`)."""

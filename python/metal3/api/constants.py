@@ -93,6 +93,7 @@ class AutomatedCleaningMode(StrEnum):
 class InspectionMode(StrEnum):
     DISABLED = "disabled"
     AGENT = "agent"
+    FAST = "fast"
 
 
 class DiskType(StrEnum):
@@ -106,8 +107,24 @@ class DiskType(StrEnum):
 class DetachedDeleteAction(StrEnum):
     """`deleteAction` in the detached annotation's JSON value."""
 
+    DELAY = "delay"
     DELETE = "delete"
-    DETACH = "detach"
+
+
+class RebootMode(StrEnum):
+    """`mode` in a reboot annotation's JSON value."""
+
+    HARD = "hard"
+    SOFT = "soft"
+
+
+class ConditionType(StrEnum):
+    MANAGEABLE = "Manageable"
+    PROVISIONED = "Provisioned"
+    READY = "Ready"
+    AVAILABLE_FOR_PROVISIONING = "AvailableForProvisioning"
+    PROGRESSING = "Progressing"
+    HEALTHY = "Healthy"
 
 
 HARDWARE_RAID_LEVELS: tuple[str, ...] = ("0", "1", "2", "5", "6", "1+0", "5+0", "6+0")
@@ -117,7 +134,7 @@ SOFTWARE_RAID_LEVELS: tuple[str, ...] = ("0", "1", "1+0")
 PAUSED_ANNOTATION = "baremetalhost.metal3.io/paused"
 """Present: the operator does not reconcile the host at all."""
 DETACHED_ANNOTATION = "baremetalhost.metal3.io/detached"
-"""Present: the host is no longer managed by the provisioner; optional JSON value with deleteAction."""
+"""Present: the provisioner lets go of the host; optional JSON value {deleteAction, force}."""
 STATUS_ANNOTATION = "baremetalhost.metal3.io/status"
 """Holds a status (JSON) to restore, e.g. after a move between clusters."""
 REBOOT_ANNOTATION_PREFIX = "reboot.metal3.io"
@@ -132,10 +149,11 @@ PAUSED_BY_STATUS_ANNOTATION_VALUE = "metal3.io/status"
 
 # --- finalizers --------------------------------------------------------------------------------
 BAREMETALHOST_FINALIZER = "baremetalhost.metal3.io"
-HARDWAREDATA_FINALIZER = "hardwaredata.metal3.io"
+HARDWAREDATA_FINALIZER = "baremetalhost.metal3.io/hardwareData"
 
 # --- Secrets -----------------------------------------------------------------------------------
 SECRET_USERNAME_KEY = "username"
 SECRET_PASSWORD_KEY = "password"
+CONVERSION_DATA_ANNOTATION = "metal3.io/conversion-data"
 SECRET_ENVIRONMENT_LABEL = "environment.metal3.io"
 """Label the operator puts on Secrets it watches (value `baremetal`)."""

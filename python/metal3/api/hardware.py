@@ -34,8 +34,17 @@ class Firmware(Model):
 
 @dataclass(kw_only=True)
 class VLAN(Model):
-    id: int | None = prop("id", "VLAN ID.", minimum=0, maximum=4094)
+    id: int | None = prop("id", "VLAN ID.", minimum=0, maximum=4094, format="int32")
     name: str | None = prop("name", "VLAN name.")
+
+
+@dataclass(kw_only=True)
+class LLDP(Model):
+    """What the switch port a NIC is plugged into says about itself."""
+
+    switch_id: str | None = prop("switchID", "Chassis ID of the switch.")
+    port_id: str | None = prop("portID", "Port ID on the switch.")
+    switch_system_name: str | None = prop("switchSystemName", "System name of the switch.")
 
 
 @dataclass(kw_only=True)
@@ -46,8 +55,12 @@ class NIC(Model):
     ip: str | None = prop("ip", "IP address of the interface (IPv4 or IPv6).")
     speed_gbps: int | None = prop("speedGbps", "Speed of the device in Gb/s.")
     vlans: list[VLAN] | None = prop("vlans", "VLANs available.")
-    vlan_id: int | None = prop("vlanId", "Untagged VLAN ID.", minimum=0, maximum=4094)
+    vlan_id: int | None = prop(
+        "vlanId", "Untagged VLAN ID.", minimum=0, maximum=4094, format="int32"
+    )
     pxe: bool | None = prop("pxe", "Whether the NIC is able to boot using PXE.")
+    lldp: LLDP | None = prop("lldp", "LLDP data of the switch port.")
+    pci_address: str | None = prop("pciAddress", "PCI address of the NIC.")
 
 
 @dataclass(kw_only=True)
@@ -72,13 +85,23 @@ class Storage(Model):
 class CPU(Model):
     arch: str | None = prop("arch", "CPU architecture, e.g. x86_64.")
     model: str | None = prop("model", "CPU model name.")
-    clock_megahertz: float | None = prop("clockMegahertz", "Clock speed in MHz.")
+    clock_megahertz: float | None = prop("clockMegahertz", "Clock speed in MHz.", format="double")
     flags: list[str] | None = prop("flags", "CPU flags.")
     count: int | None = prop("count", "Number of logical CPUs.")
 
 
 @dataclass(kw_only=True)
+class Accelerator(Model):
+    vendor_id: str | None = prop("vendorID", "PCI vendor ID.")
+    device_id: str | None = prop("deviceID", "PCI device ID.")
+    type: str | None = prop("type", "Kind of accelerator, e.g. GPU.")
+    device_info: str | None = prop("deviceInfo", "Human-readable device description.")
+    pci_address: str | None = prop("pciAddress", "PCI address of the device.")
+
+
+@dataclass(kw_only=True)
 class HardwareDetails(Model):
+    accelerators: list[Accelerator] | None = prop("accelerators", "Accelerators such as GPUs.")
     system_vendor: HardwareSystemVendor | None = prop("systemVendor", "System manufacturer data.")
     firmware: Firmware | None = prop("firmware", "System firmware.")
     ram_mebibytes: int | None = prop("ramMebibytes", "Memory in MiB.")

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from metal3.api.model import Model, prop
 
 
-
 @dataclass(kw_only=True)
 class OwnerReference(Model):
     api_version: str | None = prop("apiVersion", "API version of the owner.", required=True)
@@ -110,4 +109,3 @@ class Taint(Model):
     time_added: str | None = prop(
         "timeAdded", "When a NoExecute taint was added.", format="date-time"
     )
-

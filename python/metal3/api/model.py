@@ -102,12 +102,16 @@ def prop(
 _Load = Callable[[Any, str], Any]
 
 
+_Dump = Callable[[Any], Any]
+
+
 @dataclass(frozen=True)
 class _Field:
     attr: str
     schema: FieldSchema
     hint: Any
     load: _Load
+    dump: _Dump
 
 
 M = TypeVar("M", bound="Model")
@@ -134,7 +138,8 @@ class Model:
                 facts = f.metadata.get("schema")
                 if facts is None:
                     continue
-                built.append(_Field(f.name, facts, hints[f.name], _loader(hints[f.name])))
+                hint = hints[f.name]
+                built.append(_Field(f.name, facts, hint, _loader(hint), _dumper(hint)))
             plan = tuple(built)
             cls._plan = plan
             cls._by_json = {f.schema.json_name: f for f in plan}
@@ -163,7 +168,7 @@ class Model:
         for f in self.fields():
             value = getattr(self, f.attr)
             if value is not None:
-                out[f.schema.json_name] = _dump(value)
+                out[f.schema.json_name] = f.dump(value)
         for key, value in self.extra.items():
             out.setdefault(key, value)
         return out
@@ -182,14 +187,42 @@ class Model:
         return type(self).from_json(self.to_json())
 
 
-def _dump(value: Any) -> Any:
+def _dump_any(value: Any) -> Any:
+    """Untyped data: copy containers (so output never aliases the model), convert models."""
     if isinstance(value, Model):
         return value.to_json()
     if isinstance(value, list):
-        return [_dump(v) for v in value]
+        return [_dump_any(v) for v in value]
     if isinstance(value, dict):
-        return {k: _dump(v) for k, v in value.items()}
+        return {k: _dump_any(v) for k, v in value.items()}
     return value
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _dumper(hint: Any) -> _Dump:
+    """How to write a field of type ``hint``; planned once per field, like its loader."""
+    hint = unwrap_optional(hint)
+    origin = get_origin(hint)
+    if hint in (str, bool, int, float):
+        return _identity
+    if isinstance(hint, type) and issubclass(hint, Model):
+        return lambda value: value.to_json()
+    if origin is list:
+        (item_hint,) = get_args(hint)
+        dump_item = _dumper(item_hint)
+        if dump_item is _identity:
+            return list
+        return lambda value: [dump_item(v) for v in value]
+    if origin is dict:
+        _, value_hint = get_args(hint)
+        dump_value = _dumper(value_hint)
+        if dump_value is _identity:
+            return dict
+        return lambda value: {k: dump_value(v) for k, v in value.items()}
+    return _dump_any
 
 
 def _json_type(value: Any) -> str:

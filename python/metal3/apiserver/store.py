@@ -1,0 +1,220 @@
+"""Durable object storage in SQLite (WAL) with one global, monotonically increasing
+resourceVersion and a bounded history of changes for watches, kept in memory and persisted
+beside the objects so that watches resume across a restart (as etcd's history allows).
+
+Everything runs on the event loop's thread: a handler that checks a precondition and then
+writes does so without awaiting in between, so writes are serialised without locks. All
+objects are also kept in memory (the store is sized for one site's hosts, not a cluster).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+Obj = dict[str, Any]
+ObjKey = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One committed write, as watches see it."""
+
+    rv: int
+    type: str  # ADDED, MODIFIED, DELETED
+    key: str  # resource type key (group/plural)
+    obj: Obj
+    old: Obj | None
+
+
+Listener = Callable[[Change], None]
+
+
+class ExpiredError(Exception):
+    """The requested resourceVersion is older than the retained history."""
+
+
+class Store:
+    def __init__(self, path: Path, history: int = 10_000) -> None:
+        # Secrets are stored as they are in etcd (base64, not encrypted): owner-only access.
+        # SQLite gives the -wal and -shm files the database file's permissions.
+        path.touch(mode=0o600, exist_ok=True)
+        os.chmod(path, 0o600)
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS objects (kind TEXT NOT NULL, namespace TEXT NOT NULL,"
+            " name TEXT NOT NULL, rv INTEGER NOT NULL, data BLOB NOT NULL,"
+            " PRIMARY KEY (kind, namespace, name))"
+        )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)"
+        )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS changes (rv INTEGER PRIMARY KEY, type TEXT NOT NULL,"
+            " kind TEXT NOT NULL, data BLOB NOT NULL, old BLOB)"
+        )
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'rv'").fetchone()
+        self.rv: int = int(row[0]) if row else 0
+        self._objects: dict[str, dict[ObjKey, Obj]] = {}
+        for kind, namespace, name, data in self._db.execute(
+            "SELECT kind, namespace, name, data FROM objects"
+        ):
+            self._objects.setdefault(kind, {})[(namespace, name)] = orjson.loads(data)
+        self._history: deque[Change] = deque(maxlen=max(1, history))
+        rows = self._db.execute(
+            "SELECT rv, type, kind, data, old FROM changes ORDER BY rv DESC LIMIT ?",
+            (self._history.maxlen,),
+        ).fetchall()
+        for rv, kind_of_change, kind, data, old in reversed(rows):
+            self._history.append(
+                Change(
+                    rv,
+                    kind_of_change,
+                    kind,
+                    orjson.loads(data),
+                    orjson.loads(old) if old is not None else None,
+                )
+            )
+        # Watches may start from any resourceVersion >= horizon: every later change is retained.
+        self.horizon = self._history[0].rv - 1 if self._history else self.rv
+        self._writes = 0
+        self._listeners: list[Listener] = []
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get(self, kind: str, namespace: str, name: str) -> Obj | None:
+        return self._objects.get(kind, {}).get((namespace, name))
+
+    def items(self, kind: str, namespace: str | None = None) -> list[Obj]:
+        """Objects of a type in key order (namespace, name), optionally in one namespace."""
+        objects = self._objects.get(kind, {})
+        keys = sorted(objects)
+        if namespace is not None:
+            keys = [k for k in keys if k[0] == namespace]
+        return [objects[k] for k in keys]
+
+    def all_objects(self) -> Iterator[tuple[str, Obj]]:
+        for kind, objects in self._objects.items():
+            for obj in list(objects.values()):
+                yield kind, obj
+
+    def count(self, kind: str) -> int:
+        return len(self._objects.get(kind, {}))
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def _next_rv(self) -> int:
+        self.rv += 1
+        return self.rv
+
+    def put(self, kind: str, obj: Obj, old: Obj | None) -> Obj:
+        """Create (old is None) or replace an object; stamps and returns it."""
+        meta = obj["metadata"]
+        rv = self._next_rv()
+        meta["resourceVersion"] = str(rv)
+        namespace, name = meta.get("namespace", ""), meta["name"]
+        data = orjson.dumps(obj)
+        self._db.execute("BEGIN")
+        try:
+            self._db.execute(
+                "INSERT OR REPLACE INTO objects (kind, namespace, name, rv, data)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (kind, namespace, name, rv, data),
+            )
+            change = Change(rv, "ADDED" if old is None else "MODIFIED", kind, obj, old)
+            self._log(change, data)
+            self._save_rv(rv)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            self.rv -= 1
+            raise
+        self._objects.setdefault(kind, {})[(namespace, name)] = obj
+        self._emit(change)
+        return obj
+
+    def remove(self, kind: str, obj: Obj) -> Obj:
+        """Delete an object; the DELETED event carries it with a new resourceVersion."""
+        meta = obj["metadata"]
+        namespace, name = meta.get("namespace", ""), meta["name"]
+        rv = self._next_rv()
+        gone = {**obj, "metadata": {**meta, "resourceVersion": str(rv)}}
+        self._db.execute("BEGIN")
+        try:
+            self._db.execute(
+                "DELETE FROM objects WHERE kind = ? AND namespace = ? AND name = ?",
+                (kind, namespace, name),
+            )
+            change = Change(rv, "DELETED", kind, gone, obj)
+            self._log(change, orjson.dumps(gone))
+            self._save_rv(rv)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            self.rv -= 1
+            raise
+        self._objects.get(kind, {}).pop((namespace, name), None)
+        self._emit(change)
+        return gone
+
+    def _log(self, change: Change, data: bytes) -> None:
+        """Persist a change; trim the log to the history size every so often."""
+        old = orjson.dumps(change.old) if change.old is not None else None
+        self._db.execute(
+            "INSERT OR REPLACE INTO changes (rv, type, kind, data, old) VALUES (?, ?, ?, ?, ?)",
+            (change.rv, change.type, change.key, data, old),
+        )
+        self._writes += 1
+        limit = self._history.maxlen or 1
+        if self._writes >= max(64, limit // 8):
+            self._writes = 0
+            self._db.execute("DELETE FROM changes WHERE rv <= ?", (change.rv - limit,))
+
+    def _save_rv(self, rv: int) -> None:
+        self._db.execute(
+            "INSERT INTO meta (key, value) VALUES ('rv', ?)"
+            " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (rv,),
+        )
+
+    # -- watch support -----------------------------------------------------------------------
+
+    def _emit(self, change: Change) -> None:
+        if len(self._history) == self._history.maxlen:
+            self.horizon = self._history[0].rv
+        self._history.append(change)
+        for listener in list(self._listeners):
+            listener(change)
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def since(self, rv: int) -> list[Change]:
+        """Every retained change after `rv`; raises Expired if some were dropped."""
+        if rv < self.horizon:
+            raise ExpiredError(rv)
+        if rv >= self.rv:
+            return []
+        changes: list[Change] = []
+        for change in reversed(self._history):
+            if change.rv <= rv:
+                break
+            changes.append(change)
+        changes.reverse()
+        return changes

@@ -1,0 +1,104 @@
+"""`metal3 operator`: the BareMetalHost operator against any Kubernetes API server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from metal3.controllers.baremetalhost import Settings
+from metal3.operator import PROVISIONERS, Operator, OperatorOptions, default_concurrency
+
+
+def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `operator` and `standalone`."""
+    parser.add_argument("--namespace", help="watch only this namespace (default: all)")
+    parser.add_argument("--provisioner", choices=PROVISIONERS, default="fixture")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=default_concurrency(),
+        help="reconcile workers (default: min(cores, 8), at least 2)",
+    )
+    parser.add_argument(
+        "--provisioning-limit",
+        type=int,
+        default=Settings.provisioning_limit,
+        help="hosts inspecting, provisioning or deprovisioning at once",
+    )
+    parser.add_argument(
+        "--health-addr",
+        default="127.0.0.1:8081",
+        help="HOST:PORT serving /healthz, /readyz and /metrics",
+    )
+    parser.add_argument("--grace-period", type=float, default=30.0, help="seconds for shutdown")
+    parser.add_argument("--log-level", default="INFO")
+
+
+def options_from(args: argparse.Namespace, **extra: Any) -> OperatorOptions:
+    return OperatorOptions(
+        namespace=args.namespace,
+        provisioner=args.provisioner,
+        concurrency=max(1, args.concurrency),
+        health_address=args.health_addr,
+        grace_period=args.grace_period,
+        settings=Settings(provisioning_limit=args.provisioning_limit),
+        **extra,
+    )
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("operator", help="run the operator against a cluster")
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube)")
+    parser.add_argument("--leader-elect", action="store_true", help="hold a Lease before acting")
+    parser.add_argument(
+        "--leader-election-namespace", default="default", help="namespace of the Lease"
+    )
+    parser.add_argument(
+        "--fixture-state", type=Path, help="file keeping the fixture provisioner's hardware"
+    )
+    add_operator_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+async def stop_on_signals(stop: anyio.Event, scope: anyio.CancelScope) -> None:
+    """First SIGINT/SIGTERM: graceful stop; second: cancel everything."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            if stop.is_set():
+                scope.cancel()
+                return
+            logging.getLogger("metal3").info("stopping (again to force)")
+            stop.set()
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level)
+    options = options_from(
+        args,
+        kubeconfig=args.kubeconfig,
+        leader_elect=args.leader_elect,
+        leader_election_namespace=args.leader_election_namespace,
+        fixture_state=args.fixture_state,
+    )
+
+    async def main() -> None:
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stop_on_signals, stop, tg.cancel_scope)
+            await Operator(options).run(stop)
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    return 0

@@ -1,0 +1,53 @@
+"""`metal3 standalone`: the embedded API server and the operator in one process."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from metal3.apiserver.server import parse_listen
+from metal3.cli.operator import (
+    add_operator_arguments,
+    configure_logging,
+    options_from,
+    stop_on_signals,
+)
+from metal3.standalone import Standalone, StandaloneOptions
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "standalone", help="run the embedded API server and the operator together"
+    )
+    parser.add_argument("--data-dir", type=Path, required=True, help="state, certs, kubeconfig")
+    parser.add_argument("--listen", default="127.0.0.1:6443", help="HOST:PORT of the API server")
+    add_operator_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level)
+    host, port = parse_listen(args.listen)
+    standalone = Standalone(
+        StandaloneOptions(data_dir=args.data_dir, host=host, port=port, operator=options_from(args))
+    )
+
+    async def announce() -> None:
+        await standalone.ready.wait()
+        print(f"metal3 standalone: API server at {standalone.url}", flush=True)
+        print(f"kubeconfig: {standalone.kubeconfig}", flush=True)
+        print(f"  KUBECONFIG={standalone.kubeconfig} kubectl get bmh -A", flush=True)
+
+    async def main() -> None:
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stop_on_signals, stop, tg.cancel_scope)
+            tg.start_soon(announce)
+            await standalone.run(stop)
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    return 0

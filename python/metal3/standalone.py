@@ -1,0 +1,89 @@
+"""Standalone mode: the embedded API server and the operator in one process.
+
+For a first cluster's hosts (no Kubernetes yet), the demo, and anyone without a cluster: the
+project's CRDs are installed on start, `DIR/kubeconfig` lets kubectl manage the hosts, and a
+restart on the same directory carries on where it stopped (the store and the fixture
+provisioner's hardware are both kept in the directory).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import anyio
+import yaml
+
+from metal3.api.crd import all_crds
+from metal3.apiserver.server import ServerConfig, prepare
+from metal3.operator import Operator, OperatorOptions
+from metal3.provisioner.base import ProvisionerFactory
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StandaloneOptions:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: any free port (the kubeconfig says which)
+    # The operator's options; its kubeconfig is the embedded server's.
+    operator: OperatorOptions = field(default_factory=OperatorOptions)
+
+
+class Standalone:
+    def __init__(
+        self, options: StandaloneOptions, provisioners: ProvisionerFactory | None = None
+    ) -> None:
+        self.options = options
+        self.provisioners = provisioners
+        self.ready = anyio.Event()
+        self.url = ""
+        self.kubeconfig = options.data_dir / "kubeconfig"
+        self.operator: Operator | None = None
+
+    def _crd_folder(self) -> Path:
+        """The project's CRDs, written for the API server to preload (always current)."""
+        folder = self.options.data_dir / "crds"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, crd in all_crds().items():
+            (folder / name).write_text(yaml.safe_dump(crd, sort_keys=False))
+        return folder
+
+    async def run(self, stop: anyio.Event) -> None:
+        options = self.options
+        options.data_dir.mkdir(parents=True, exist_ok=True)
+        server = prepare(
+            ServerConfig(
+                data_dir=options.data_dir,
+                host=options.host,
+                port=options.port,
+                crds=self._crd_folder(),
+            )
+        )
+        self.url, self.kubeconfig = server.url, server.kubeconfig
+        operator_options = replace(
+            options.operator,
+            kubeconfig=str(server.kubeconfig),
+            fixture_state=options.operator.fixture_state
+            or options.data_dir / "fixture-hardware.json",
+        )
+        self.operator = Operator(operator_options, self.provisioners)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.serve)
+            while not server.server.started:  # noqa: ASYNC110 (uvicorn offers no event)
+                await anyio.sleep(0.01)
+            operator_stop = anyio.Event()
+            async with anyio.create_task_group() as operator_group:
+                operator_group.start_soon(self.operator.run, operator_stop)
+                await self.operator.started.wait()
+                self.ready.set()
+                await stop.wait()
+                operator_stop.set()  # the operator drains while the API server still serves
+            server.server.should_exit = True
+
+
+def temporary_data_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="metal3-standalone-"))

@@ -22,18 +22,25 @@ async def test_random_operator_kills_converge_without_double_provisioning(
 ) -> None:
     rng = random.Random(20261121)
     names = [f"r{i:02d}" for i in range(HOSTS)]
+    # Operations take several polls 50 ms apart, so every host's lifecycle spans several kills
+    # however fast the machine is.
+    paced = FAST.__class__(**{**FAST.__dict__, "in_progress_poll": 0.05})
+    slow = {
+        f"fixture.metal3.io/{op}": "steps:5"
+        for op in ("inspect", "prepare", "provision", "deprovision", "delete")
+    }
     async with cluster(kubeconfig, namespace) as c:
         for name in names:
-            await c.apply_host(host(name, namespace, image=IMAGE))
+            await c.apply_host(host(name, namespace, image=IMAGE, annotations=slow))
 
         async def run_with_kills(done: anyio.Event) -> int:
             kills = 0
             while not done.is_set():
                 async with running_operator(
-                    kubeconfig, c.world, namespace=namespace, concurrency=4
+                    kubeconfig, c.world, namespace=namespace, concurrency=4, settings=paced
                 ) as operator:
                     # Let it work for a random moment, then stop it mid-flight (short grace).
-                    with anyio.move_on_after(rng.uniform(0.2, 1.2)):
+                    with anyio.move_on_after(rng.uniform(0.1, 0.5)):
                         await done.wait()
                     operator.options.grace_period = 0.0
                 kills += 1

@@ -97,9 +97,14 @@ def prop(
     return field(default=None, metadata={"schema": facts})
 
 
-# A converter turns JSON data into the Python value (and checks its type); the reverse is
-# `_dump`, which needs no per-type plan because models are the only non-JSON values.
-_Load = Callable[[Any, str], Any]
+# A loader turns JSON data into the Python value and checks its type. It gets the parent's path
+# and its own key, and joins them only when it needs the path (an error, or descending), which
+# keeps the common case (valid data) free of string building.
+_Load = Callable[[Any, str, "str | int"], Any]
+
+
+def _at(parent: str, key: str | int) -> str:
+    return f"{parent}[{key}]" if isinstance(key, int) else f"{parent}.{key}"
 
 
 _Dump = Callable[[Any], Any]
@@ -112,6 +117,7 @@ class _Field:
     hint: Any
     load: _Load
     dump: _Dump
+    scalar: tuple[type, ...]  # JSON types taken as they are (checked inline), or ()
 
 
 M = TypeVar("M", bound="Model")
@@ -126,6 +132,7 @@ class Model:
     # Per-class plan, built on first use from the type hints.
     _plan: ClassVar[tuple[_Field, ...] | None] = None
     _by_json: ClassVar[dict[str, _Field] | None] = None
+    _unset: ClassVar[dict[str, None]] = {}
 
     @classmethod
     def fields(cls) -> tuple[_Field, ...]:
@@ -139,10 +146,12 @@ class Model:
                 if facts is None:
                     continue
                 hint = hints[f.name]
-                built.append(_Field(f.name, facts, hint, _loader(hint), _dumper(hint)))
+                scalar = _SCALARS.get(unwrap_optional(hint), ())
+                built.append(_Field(f.name, facts, hint, _loader(hint), _dumper(hint), scalar))
             plan = tuple(built)
             cls._plan = plan
             cls._by_json = {f.schema.json_name: f for f in plan}
+            cls._unset = dict.fromkeys((f.attr for f in plan), None)
         return plan
 
     @classmethod
@@ -150,17 +159,27 @@ class Model:
         """Build from JSON-compatible data (as parsed by orjson or PyYAML)."""
         if not isinstance(data, dict):
             raise ModelError(path, f"expected an object, got {_json_type(data)}")
-        cls.fields()
-        by_json = cls.__dict__["_by_json"]
-        values: dict[str, Any] = {}
+        by_json = cls.__dict__.get("_by_json")
+        if by_json is None:
+            cls.fields()
+            by_json = cls.__dict__["_by_json"]
+        values: dict[str, Any] = cls.__dict__["_unset"].copy()
         extra: JsonObject = {}
         for key, raw in data.items():
             f = by_json.get(key)
             if f is None:
                 extra[key] = raw
-            elif raw is not None:
-                values[f.attr] = f.load(raw, f"{path}.{key}")
-        return cls(extra=extra, **values)
+            elif raw is None:
+                continue
+            elif type(raw) in f.scalar:
+                values[f.attr] = raw
+            else:
+                values[f.attr] = f.load(raw, path, key)
+        # Every field is set here, so the generated __init__ (and its checks) can be skipped.
+        instance = object.__new__(cls)
+        values["extra"] = extra
+        instance.__dict__.update(values)
+        return instance
 
     def to_json(self) -> JsonObject:
         """JSON-compatible data: declared fields that are set, then the unknown ones."""
@@ -252,62 +271,55 @@ def unwrap_optional(hint: Any) -> Any:
     return hint
 
 
+_SCALARS: dict[Any, tuple[type, ...]] = {
+    str: (str,),
+    bool: (bool,),
+    int: (int,),
+    float: (int, float),  # ints stay ints, so a round trip writes back the same text
+}
+_EXPECTED = {str: "a string", bool: "a boolean", int: "an integer", float: "a number"}
+
+
 def _loader(hint: Any) -> _Load:
     hint = unwrap_optional(hint)
     origin = get_origin(hint)
     if hint is Any:
-        return lambda raw, path: raw
-    if hint is str:
-        return _scalar(str, "string")
-    if hint is bool:
-        return _scalar(bool, "boolean")
-    if hint is int:
+        return lambda raw, path, key: raw
+    if hint in _SCALARS:
+        accepted, expected = _SCALARS[hint], _EXPECTED[hint]
 
-        def load_int(raw: Any, path: str) -> int:
-            if isinstance(raw, bool) or not isinstance(raw, int):
-                raise ModelError(path, f"expected an integer, got {_json_type(raw)}")
+        def load_scalar(raw: Any, path: str, key: str | int) -> Any:
+            if type(raw) not in accepted:
+                raise ModelError(_at(path, key), f"expected {expected}, got {_json_type(raw)}")
             return raw
 
-        return load_int
-    if hint is float:
-
-        def load_number(raw: Any, path: str) -> float | int:
-            # Keep ints as ints so that a round trip writes back the same text.
-            if isinstance(raw, bool) or not isinstance(raw, int | float):
-                raise ModelError(path, f"expected a number, got {_json_type(raw)}")
-            return raw
-
-        return load_number
+        return load_scalar
     if origin is list:
         (item_hint,) = get_args(hint)
         load_item = _loader(item_hint)
+        item_scalar = _SCALARS.get(unwrap_optional(item_hint), ())
 
-        def load_list(raw: Any, path: str) -> list[Any]:
+        def load_list(raw: Any, path: str, key: str | int) -> list[Any]:
             if not isinstance(raw, list):
-                raise ModelError(path, f"expected an array, got {_json_type(raw)}")
-            return [load_item(v, f"{path}[{i}]") for i, v in enumerate(raw)]
+                raise ModelError(_at(path, key), f"expected an array, got {_json_type(raw)}")
+            if item_scalar and all(type(v) in item_scalar for v in raw):
+                return list(raw)
+            here = _at(path, key)
+            return [load_item(v, here, i) for i, v in enumerate(raw)]
 
         return load_list
     if origin is dict:
         _, value_hint = get_args(hint)
         load_value = _loader(value_hint)
 
-        def load_map(raw: Any, path: str) -> dict[str, Any]:
+        def load_map(raw: Any, path: str, key: str | int) -> dict[str, Any]:
             if not isinstance(raw, dict):
-                raise ModelError(path, f"expected an object, got {_json_type(raw)}")
-            return {k: load_value(v, f"{path}.{k}") for k, v in raw.items()}
+                raise ModelError(_at(path, key), f"expected an object, got {_json_type(raw)}")
+            here = _at(path, key)
+            return {k: load_value(v, here, k) for k, v in raw.items()}
 
         return load_map
     if isinstance(hint, type) and issubclass(hint, Model):
         model = hint
-        return lambda raw, path: model.from_json(raw, path)
+        return lambda raw, path, key: model.from_json(raw, _at(path, key))
     raise TypeError(f"unsupported field type {hint!r}")
-
-
-def _scalar(kind: type, name: str) -> _Load:
-    def load(raw: Any, path: str) -> Any:
-        if not isinstance(raw, kind) or (kind is not bool and isinstance(raw, bool)):
-            raise ModelError(path, f"expected a {name}, got {_json_type(raw)}")
-        return raw
-
-    return load

@@ -1,0 +1,256 @@
+"""A small IPMI BMC simulator on pyghmi's BMC server (`python -m metal3.bmc.ipmisim`).
+
+It keeps a power state and a boot override (device, persistent and EFI flags) in memory and
+answers chassis control/status, boot options and Get Device ID over RMCP+ (lanplus). pyghmi's
+server needs two fixes to behave like a real BMC towards clients:
+
+- it offers only cipher suite 3 (HMAC-SHA1, HMAC-SHA1-96, AES-CBC-128) but silently answers any
+  proposal with it; here other proposals get RMCP+ status 0x11 ("no cipher suite match"), so
+  clients that try SHA-256 first fall back instead of failing on a mismatched reply;
+- it drops RAKP1 messages for unknown users, so clients wait until they time out; here they
+  get RAKP2 status 0x0d ("unauthorized name").
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pyghmi.ipmi import bmc as pyghmi_bmc
+from pyghmi.ipmi.private import constants as ipmi_constants
+from pyghmi.ipmi.private import serversession
+from pyghmi.ipmi.private import session as ipmi_session
+
+log = logging.getLogger("metal3.bmc.ipmisim")
+
+# RMCP+ / RAKP message status codes (IPMI v2.0, table 13-15)
+STATUS_UNAUTHORIZED_NAME = 0x0D
+STATUS_NO_CIPHER_SUITE_MATCH = 0x11
+# Algorithms of cipher suite 3, the only one pyghmi's server implements
+_SUITE_3 = (1, 1, 1)  # auth HMAC-SHA1, integrity HMAC-SHA1-96, confidentiality AES-CBC-128
+
+# Chassis control directives (IPMI table 28-4)
+POWER_DOWN, POWER_UP, POWER_CYCLE, HARD_RESET, PULSE_DIAG, SOFT_SHUTDOWN = range(6)
+# Boot flags, parameter 5, data byte 1
+BOOT_FLAGS_VALID = 0x80
+BOOT_FLAGS_PERSISTENT = 0x40
+BOOT_FLAGS_EFI = 0x20
+
+
+class SimSession(serversession.ServerSession):  # type: ignore[misc]
+    """A server-side RMCP+ session that rejects what it cannot do with proper status codes."""
+
+    def create_open_session_response(self, request: Any) -> bytearray:
+        data = bytearray(request)
+        proposed = (data[12] & 0x3F, data[20] & 0x3F, data[28] & 0x3F) if len(data) >= 32 else ()
+        if proposed != _SUITE_3:
+            self.clientsessionid = data[4:8]
+            log.info("open session: rejected cipher proposal %s", proposed)
+            return bytearray([data[0], STATUS_NO_CIPHER_SUITE_MATCH, 0, 0]) + self.clientsessionid
+        response: bytearray = super().create_open_session_response(request)
+        return response
+
+    def _got_rakp1(self, data: Any) -> None:
+        name_length = data[27]
+        name = bytes(data[28 : 28 + name_length])
+        if name_length == 0 or self.authdata.get(name.decode("utf-8", "replace")) is None:
+            log.info("RAKP1: unknown user, answering 'unauthorized name'")
+            reply = bytearray([data[0], STATUS_UNAUTHORIZED_NAME, 0, 0]) + self.clientsessionid
+            self.send_payload(reply, ipmi_constants.payload_types["rakp2"], retry=False)
+            return
+        super()._got_rakp1(data)
+
+
+class SimulatedBMC(pyghmi_bmc.Bmc):  # type: ignore[misc]
+    """Power and boot-override state of one simulated server."""
+
+    def __init__(
+        self, users: Mapping[str, str], *, address: str, port: int, ignore_soft_off: bool = False
+    ) -> None:
+        super().__init__(dict(users), port=port, address=address)
+        self.ignore_soft_off = ignore_soft_off
+        self.deviceid = 0x20
+        self.revision = 1
+        self.firmwaremajor = 2
+        self.firmwareminor = 0x05
+        self.mfgid = 0  # IANA "reserved": this is a simulator, not anybody's product
+        self.prodid = 0x4D33
+        self.lock = threading.Lock()
+        self.power = "off"
+        self.boot_flags = 0  # data byte 1 of boot flags (valid, persistent, EFI)
+        self.boot_device = 0  # data byte 2 (device selector in bits 5..2)
+        self.power_changes = 0
+
+    # -- session setup -------------------------------------------------------------------------
+
+    def sessionless_data(self, data: Any, sockaddr: Any) -> None:
+        raw = bytearray(data)
+        is_open_request = (
+            len(raw) >= 22
+            and raw[0] == 6
+            and raw[2:4] == b"\xff\x07"
+            and raw[4] == 6  # RMCP+ (IPMI 2.0) session header
+            and raw[5] == ipmi_constants.payload_types["rmcpplusopenreq"]
+        )
+        if is_open_request:
+            SimSession(
+                self.authdata, self.kg, sockaddr, self.serversocket, raw[16:], self.uuid, bmc=self
+            )
+            return
+        super().sessionless_data(data, sockaddr)
+
+    def send_device_id(self, session: Any) -> None:
+        # pyghmi packs the manufacturer and product ids as 4 bytes each; the reply has 3 and 2.
+        response = [
+            self.deviceid,
+            self.revision,
+            self.firmwaremajor & 0x7F,
+            self.firmwareminor,
+            self.ipmiversion,
+            self.additionaldevices,
+            *self.mfgid.to_bytes(3, "little"),
+            *self.prodid.to_bytes(2, "little"),
+        ]
+        session.send_ipmi_response(data=response)
+
+    # -- power ---------------------------------------------------------------------------------
+
+    def get_power_state(self) -> str:
+        return self.power
+
+    def _set_power(self, state: str) -> int:
+        with self.lock:
+            if self.power != state:
+                self.power_changes += 1
+            self.power = state
+        log.info("power %s", state)
+        return 0
+
+    def power_on(self) -> int:
+        return self._set_power("on")
+
+    def power_off(self) -> int:
+        return self._set_power("off")
+
+    def power_shutdown(self) -> int:
+        # The simulated OS shuts down at once, or (like a hung OS) ignores the ACPI request.
+        if self.ignore_soft_off:
+            log.info("soft off requested and ignored")
+            return 0
+        return self._set_power("off")
+
+    def power_reset(self) -> int:
+        with self.lock:
+            if self.power == "off":
+                return 0xD5  # "command not supported in present state": reset needs power on
+            self.power_changes += 1
+        return 0
+
+    def power_cycle(self) -> int:
+        return self.power_reset()
+
+    def pulse_diag(self) -> int:
+        return 0
+
+    def cold_reset(self) -> int:
+        return 0
+
+    def is_active(self) -> bool:
+        return self.power == "on"
+
+    # -- boot options --------------------------------------------------------------------------
+
+    def get_system_boot_options(self, request: Any, session: Any) -> None:
+        if request["data"][0] & 0x7F != 5:
+            session.send_ipmi_response(code=0x80)  # parameter not supported
+            return
+        with self.lock:
+            flags, device = self.boot_flags, self.boot_device
+        session.send_ipmi_response(data=[1, 5, flags, device, 0, 0, 0])
+
+    def set_system_boot_options(self, request: Any, session: Any) -> None:
+        data = request["data"]
+        selector = data[0] & 0x7F
+        if selector in (0, 3, 4):
+            session.send_ipmi_response()  # set-in-progress, info ack: accepted, no state
+            return
+        if selector != 5 or len(data) < 3:
+            session.send_ipmi_response(code=0x80)
+            return
+        with self.lock:
+            self.boot_flags = data[1] & (BOOT_FLAGS_VALID | BOOT_FLAGS_PERSISTENT | BOOT_FLAGS_EFI)
+            self.boot_device = data[2] & 0b00111100
+        log.info("boot flags 0x%02x device 0x%02x", self.boot_flags, self.boot_device)
+        session.send_ipmi_response()
+
+
+def read_users(path: Path) -> dict[str, str]:
+    """`user<TAB>password` per line."""
+    users = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            user, _, password = line.partition("\t")
+            users[user] = password
+    return users
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m metal3.bmc.ipmisim", description="A simulated IPMI BMC (RMCP+, UDP)."
+    )
+    parser.add_argument("--address", default="127.0.0.1", help="address to bind")
+    parser.add_argument("--port", type=int, default=623)
+    parser.add_argument("--user", help="user name (with --password or --password-file)")
+    parser.add_argument("--password", help="password (visible in the process list: tests only)")
+    parser.add_argument("--password-file", type=Path, help="file holding the password")
+    parser.add_argument("--users-file", type=Path, help="user<TAB>password per line")
+    parser.add_argument("--ready-file", type=Path, help="created once the socket is bound")
+    parser.add_argument(
+        "--ignore-soft-off", action="store_true", help="accept soft off but stay on (a hung OS)"
+    )
+    parser.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="stop when the process that started this one goes away (tests)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s ipmisim %(message)s",
+    )
+    users: dict[str, str] = read_users(args.users_file) if args.users_file else {}
+    if args.user:
+        if args.password_file is not None:
+            password = args.password_file.read_text().rstrip("\n")
+        elif args.password is not None:
+            password = args.password
+        else:
+            parser.error("--user needs --password or --password-file")
+        users[args.user] = password
+    if not users:
+        parser.error("give --user (with a password) or --users-file")
+    server = SimulatedBMC(
+        users, address=args.address, port=args.port, ignore_soft_off=args.ignore_soft_off
+    )
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    if args.ready_file is not None:
+        args.ready_file.touch()
+    print(f"ipmisim listening on {args.address}:{server.port} (udp)", flush=True)
+    parent = os.getppid()
+    with contextlib.suppress(KeyboardInterrupt):
+        while not (args.exit_with_parent and os.getppid() != parent):
+            ipmi_session.Session.wait_for_rsp(timeout=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""Run pyghmi's IPMI client in a pool of worker processes, one call at a time per process.
+
+pyghmi's client shares sessions, sockets and a login table between all threads of a process,
+and while one thread's login to a dead BMC is failing, other threads' logins can trip over it
+(a session left "in progress" forever, or broken without an error) and hang. Inside a worker
+process pyghmi runs single-threaded, the way it works reliably; the caller waits on a pipe with
+a deadline, and a worker that misses it is killed, taking any half-made session with it. So a
+dead or hung BMC costs its caller the deadline and one process restart, nobody else anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+#: upper bound of worker processes (the global IPMI concurrency)
+DEFAULT_POOL_SIZE = 16
+
+
+@dataclass(frozen=True)
+class IPMIRequest:
+    """One operation on one BMC, sent to a worker (credentials as bytes, see pyghmi notes)."""
+
+    host: str
+    port: int
+    user: bytes
+    password: bytes
+    privilege: int
+    operation: str
+    args: tuple[Any, ...] = ()
+
+
+class WorkerFailure(Exception):
+    """A pyghmi error, carried back from the worker as its kind, text and IPMI code."""
+
+    def __init__(self, kind: str, message: str, code: int = 0) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.code = code
+
+
+class WorkerTimeout(Exception):
+    """No worker answered before the deadline (the busy one was killed)."""
+
+
+# -- worker side (runs in the child process) -----------------------------------------------------
+
+
+def _perform(request: IPMIRequest) -> Any:
+    from pyghmi.ipmi import command as ipmi_command
+
+    session = ipmi_command.Command(
+        bmc=request.host,
+        userid=request.user,
+        password=request.password,
+        port=request.port,
+        privlevel=request.privilege,
+    )
+    operation, args = request.operation, request.args
+    if operation == "raw":
+        netfn, command = args
+        return bytes(session.xraw_command(netfn=netfn, command=command)["data"])
+    if operation == "set_power":
+        session.set_power(args[0], wait=False)
+        return None
+    if operation == "set_bootdev":
+        name, persist, uefi = args
+        session.set_bootdev(name, persist=persist, uefiboot=uefi)
+        return None
+    if operation == "get_bootdev":
+        return dict(session.get_bootdev())
+    raise ValueError(f"unknown IPMI operation {operation!r}")
+
+
+def worker_main(conn: Connection) -> None:
+    """Serve requests until the parent closes the pipe."""
+    from pyghmi import exceptions as pyghmi_exc
+
+    while True:
+        try:
+            request = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            reply: tuple[Any, ...] = ("ok", _perform(request))
+        except pyghmi_exc.IpmiException as exc:
+            reply = ("error", "ipmi", str(exc), int(getattr(exc, "ipmicode", 0) or 0))
+        except pyghmi_exc.InvalidParameterValue as exc:
+            reply = ("error", "invalid", str(exc), 0)
+        except OSError as exc:
+            reply = ("error", "os", exc.strerror or str(exc), 0)
+        except Exception as exc:  # reported to the caller, who maps it
+            reply = ("error", "other", f"{type(exc).__name__}: {exc}", 0)
+        try:
+            conn.send(reply)
+        except (EOFError, OSError):
+            return
+
+
+# -- parent side -------------------------------------------------------------------------------
+
+
+class _Worker:
+    """`python -m metal3.bmc.ipmiworkers FD`, talking pickles over a socket pair.
+
+    A plain subprocess rather than multiprocessing: nothing of the caller's `__main__` is
+    re-imported, and pyghmi's occasional prints to stdout cannot corrupt the channel.
+    """
+
+    def __init__(self) -> None:
+        parent, child = socket.socketpair()
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "metal3.bmc.ipmiworkers", str(child.fileno())],
+                pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+            )
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        self.conn = Connection(parent.detach())
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.close()
+        if self.process.poll() is None:
+            self.process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+
+
+class WorkerPool:
+    """Up to `size` worker processes, started on demand and reused; thread-safe."""
+
+    def __init__(self, size: int = DEFAULT_POOL_SIZE) -> None:
+        self.size = size
+        self._idle: list[_Worker] = []
+        self._count = 0
+        self._cond = threading.Condition()
+
+    def _acquire(self, deadline: float) -> _Worker:
+        with self._cond:
+            while not self._idle and self._count >= self.size:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._cond.wait(remaining):
+                    raise WorkerTimeout("all IPMI workers are busy")
+            if self._idle:
+                return self._idle.pop()
+            self._count += 1
+        try:
+            return _Worker()
+        except BaseException:
+            self._dispose(None)
+            raise
+
+    def _release(self, worker: _Worker) -> None:
+        with self._cond:
+            self._idle.append(worker)
+            self._cond.notify()
+
+    def _dispose(self, worker: _Worker | None) -> None:
+        if worker is not None:
+            worker.kill()
+        with self._cond:
+            self._count -= 1
+            self._cond.notify()
+
+    def call(self, request: IPMIRequest, deadline: float) -> Any:
+        """Blocking: run `request` in a worker; WorkerTimeout at `deadline` (monotonic)."""
+        worker = self._acquire(deadline)
+        try:
+            worker.conn.send(request)
+            if not worker.conn.poll(max(0.0, deadline - time.monotonic())):
+                raise WorkerTimeout("no answer before the deadline")
+            reply = worker.conn.recv()
+        except BaseException:
+            self._dispose(worker)  # killed: its half-made session dies with it
+            raise
+        self._release(worker)
+        if reply[0] == "ok":
+            return reply[1]
+        _, kind, message, code = reply
+        raise WorkerFailure(kind, message, code)
+
+    def close(self) -> None:
+        with self._cond:
+            idle, self._idle = self._idle, []
+            self._count -= len(idle)
+        for worker in idle:
+            worker.kill()
+
+
+_default_pool: WorkerPool | None = None
+_default_guard = threading.Lock()
+
+
+def default_pool() -> WorkerPool:
+    global _default_pool
+    with _default_guard:
+        if _default_pool is None:
+            _default_pool = WorkerPool()
+        return _default_pool
+
+
+if __name__ == "__main__":
+    worker_main(Connection(int(sys.argv[1])))

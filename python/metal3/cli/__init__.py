@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from metal3 import __version__
 
 # Order here is the order `metal3 --help` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("demo", "standalone", "operator", "apiserver", "bmc")
+SUBCOMMANDS: tuple[str, ...] = ("demo", "standalone", "operator", "apiserver", "bmc", "image")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,824 @@
+//! The one-pass pipeline: a reader thread pulls the stream, a hashing thread digests it, the
+//! decoding thread turns it into writes at guest offsets, worker threads inflate compressed
+//! clusters, and a writer thread batches everything onto the target. Channels between the
+//! stages are bounded, so memory stays bounded and the slowest stage sets the pace.
+
+use std::collections::VecDeque;
+use std::io::Read;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use crate::checksum::{Algorithm, Hasher};
+use crate::error::{invalid, source, stopped, truncated, unsupported, Error, ErrorKind, Result};
+use crate::qcow2::{self, inflate_cluster};
+use crate::sink::{BatchWriter, Target};
+use crate::source::Source;
+use crate::stream::{Block, Chunk, CompressedJob, NoRanges, Output, RangeFetch};
+
+/// Size of the pieces the reader hands on.
+pub const CHUNK: usize = 1 << 20;
+/// Default bound on bytes a qcow2 layout may make us hold back.
+pub const DEFAULT_MAX_BUFFER: u64 = 32 << 20;
+const QUEUE: usize = 8;
+
+/// Image container formats, as detected or forced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Auto,
+    Raw,
+    Qcow2,
+    Gzip,
+    Xz,
+    Zstd,
+}
+
+impl Format {
+    pub fn parse(name: &str) -> Result<Format> {
+        Ok(match name.to_ascii_lowercase().as_str() {
+            "auto" | "" => Format::Auto,
+            "raw" => Format::Raw,
+            "qcow2" => Format::Qcow2,
+            "gzip" | "gz" => Format::Gzip,
+            "xz" => Format::Xz,
+            "zstd" | "zst" => Format::Zstd,
+            other => {
+                return Err(invalid(format!(
+                    "unknown format {other:?} (auto, raw, qcow2, gzip, xz or zstd)"
+                )))
+            }
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Auto => "auto",
+            Format::Raw => "raw",
+            Format::Qcow2 => "qcow2",
+            Format::Gzip => "gzip",
+            Format::Xz => "xz",
+            Format::Zstd => "zstd",
+        }
+    }
+}
+
+/// Tells the container format from the first bytes; refuses formats we do not decode.
+pub fn detect(first: &[u8]) -> Result<Format> {
+    if first.starts_with(qcow2::MAGIC) {
+        return Ok(Format::Qcow2);
+    }
+    if first.starts_with(&[0x1f, 0x8b]) {
+        return Ok(Format::Gzip);
+    }
+    if first.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        return Ok(Format::Xz);
+    }
+    if first.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        return Ok(Format::Zstd);
+    }
+    let refuse = |name: &str| {
+        Err(unsupported(format!(
+            "{name} images are not supported: convert to qcow2 or raw first"
+        )))
+    };
+    if first.starts_with(b"KDMV") || first.starts_with(b"# Disk DescriptorFile") {
+        return refuse("VMDK");
+    }
+    if first.len() >= 0x44 && first[0x40..0x44] == [0x7f, 0x10, 0xda, 0xbe] {
+        return refuse("VDI");
+    }
+    if first.starts_with(b"vhdxfile") {
+        return refuse("VHDX");
+    }
+    if first.starts_with(b"conectix") {
+        return refuse("VHD");
+    }
+    if first.starts_with(b"QED\0") {
+        return refuse("QED");
+    }
+    Ok(Format::Raw)
+}
+
+/// Shared counters the caller polls, and the cancellation flag it sets.
+#[derive(Debug)]
+pub struct Progress {
+    pub bytes_in: AtomicU64,
+    pub bytes_written: Arc<AtomicU64>,
+    /// Length of the stream, `u64::MAX` while unknown.
+    pub total: AtomicU64,
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl Progress {
+    pub fn new(cancel: Arc<AtomicBool>) -> Progress {
+        Progress {
+            bytes_in: AtomicU64::new(0),
+            bytes_written: Arc::new(AtomicU64::new(0)),
+            total: AtomicU64::new(u64::MAX),
+            cancel,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub format: Format,
+    /// Expected digest (lowercase hex) and its algorithm.
+    pub checksum: Option<(Algorithm, String)>,
+    pub assume_zeroed: bool,
+    pub max_buffer: u64,
+    /// Threads inflating compressed clusters.
+    pub workers: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            format: Format::Auto,
+            checksum: None,
+            assume_zeroed: false,
+            max_buffer: DEFAULT_MAX_BUFFER,
+            workers: 2,
+        }
+    }
+}
+
+/// What a finished run did. `verified` is true only when a checksum was given and matched.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Container format of the stream (`qcow2`, `raw`, `gzip`, ...).
+    pub format: String,
+    /// Format inside a compressed wrapper (`raw` or `qcow2`), else the same as `format`.
+    pub inner_format: String,
+    pub virtual_size: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub checksum_algorithm: Option<String>,
+    pub digest: Option<String>,
+    pub expected_digest: Option<String>,
+    pub verified: bool,
+    pub range_requests: u64,
+    pub peak_buffered: u64,
+}
+
+/// First error wins; errors that only say "another stage stopped" are not kept.
+#[derive(Default)]
+struct Failure {
+    first: Mutex<Option<Error>>,
+    abort: AtomicBool,
+}
+
+impl Failure {
+    fn record(&self, e: Error) {
+        if e.kind != ErrorKind::Stopped {
+            let mut slot = self.first.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                *slot = Some(e);
+            }
+        }
+        self.abort.store(true, Ordering::SeqCst);
+    }
+
+    fn take(&self) -> Option<Error> {
+        self.first.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+enum WriterMsg {
+    Slices(Vec<(u64, Chunk, Range<usize>)>),
+    Owned(u64, Vec<u8>),
+    Zero(u64, u64),
+    Finish(u64),
+}
+
+/// Decoded work goes out in batches: one message per input chunk, not one per cluster.
+struct PipeOut {
+    writer: Sender<WriterMsg>,
+    jobs: Option<Sender<Vec<CompressedJob>>>,
+    slices: Vec<(u64, Chunk, Range<usize>)>,
+    pending_jobs: Vec<CompressedJob>,
+    pending_bytes: usize,
+}
+
+impl PipeOut {
+    fn flush(&mut self) -> Result<()> {
+        if !self.slices.is_empty() {
+            let batch = std::mem::take(&mut self.slices);
+            self.writer
+                .send(WriterMsg::Slices(batch))
+                .map_err(|_| stopped("writer stopped"))?;
+        }
+        if !self.pending_jobs.is_empty() {
+            self.pending_bytes = 0;
+            let batch = std::mem::take(&mut self.pending_jobs);
+            match &self.jobs {
+                Some(tx) => tx.send(batch).map_err(|_| stopped("workers stopped"))?,
+                None => return Err(stopped("no workers")),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Output for PipeOut {
+    fn data(&mut self, guest: u64, chunk: &Chunk, range: Range<usize>) -> Result<()> {
+        if let Some((g, c, r)) = self.slices.last_mut() {
+            if Arc::ptr_eq(c, chunk) && r.end == range.start && *g + r.len() as u64 == guest {
+                r.end = range.end;
+                return Ok(());
+            }
+        }
+        self.slices.push((guest, chunk.clone(), range));
+        Ok(())
+    }
+
+    fn owned(&mut self, guest: u64, data: Vec<u8>) -> Result<()> {
+        self.writer
+            .send(WriterMsg::Owned(guest, data))
+            .map_err(|_| stopped("writer stopped"))
+    }
+
+    fn compressed(&mut self, job: CompressedJob) -> Result<()> {
+        self.pending_bytes += job.data.len() + job.out_len;
+        self.pending_jobs.push(job);
+        // Batches bounded in bytes too: with 2 MiB clusters 64 jobs would be 128 MiB.
+        if self.pending_jobs.len() >= 64 || self.pending_bytes >= 1 << 20 {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn zero(&mut self, guest: u64, len: u64) -> Result<()> {
+        self.flush()?;
+        self.writer
+            .send(WriterMsg::Zero(guest, len))
+            .map_err(|_| stopped("writer stopped"))
+    }
+}
+
+/// The decoding thread's view of the stream: chunks, with a `Read` face for decompressors.
+struct ChunkInput {
+    rx: Receiver<Chunk>,
+    front: VecDeque<Chunk>,
+    cur: Option<(Chunk, usize)>,
+}
+
+impl ChunkInput {
+    fn next_chunk(&mut self) -> Option<Chunk> {
+        if let Some((c, at)) = self.cur.take() {
+            if at == 0 {
+                return Some(c);
+            }
+            if at < c.len() {
+                return Some(Arc::new(Block::from_vec(c[at..].to_vec())));
+            }
+        }
+        self.front.pop_front().or_else(|| self.rx.recv().ok())
+    }
+
+    /// The first bytes of the stream without consuming them (at least `want`, if available).
+    fn peek(&mut self, want: usize) -> Vec<u8> {
+        let mut have: usize = self.front.iter().map(|c| c.len()).sum();
+        while have < want {
+            match self.rx.recv() {
+                Ok(c) => {
+                    have += c.len();
+                    self.front.push_back(c);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut out = Vec::with_capacity(want);
+        for c in &self.front {
+            let take = (want - out.len()).min(c.len());
+            out.extend_from_slice(&c[..take]);
+            if out.len() >= want {
+                break;
+            }
+        }
+        out
+    }
+}
+
+impl Read for ChunkInput {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if let Some((c, at)) = &mut self.cur {
+                if *at < c.len() {
+                    let n = buf.len().min(c.len() - *at);
+                    buf[..n].copy_from_slice(&c[*at..*at + n]);
+                    *at += n;
+                    return Ok(n);
+                }
+            }
+            match self.front.pop_front().or_else(|| self.rx.recv().ok()) {
+                Some(c) => self.cur = Some((c, 0)),
+                None => return Ok(0),
+            }
+        }
+    }
+}
+
+/// Reads `CHUNK`-sized pieces of decompressed output.
+fn read_chunk(r: &mut dyn Read, what: &str) -> Result<Option<Chunk>> {
+    let block = Block::read_from(r, CHUNK).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => truncated(format!("{what}: stream ended early: {e}")),
+        _ => crate::error::corrupt(format!("{what}: {e}")),
+    })?;
+    Ok((!block.is_empty()).then(|| Arc::new(block)))
+}
+
+/// Spawns the writer once the size is known and checked, so nothing is written before.
+struct Stages {
+    target: Option<Target>,
+    written: Arc<AtomicU64>,
+    failure: Arc<Failure>,
+    workers: usize,
+    writer: Option<JoinHandle<()>>,
+    pool: Vec<JoinHandle<()>>,
+}
+
+impl Stages {
+    fn start(&mut self, virtual_size: Option<u64>, compressed_clusters: bool) -> Result<PipeOut> {
+        let target = self.target.take().expect("started once");
+        if let Some(v) = virtual_size {
+            target.check_capacity(v)?;
+        }
+        let limit = virtual_size.or(target.capacity).unwrap_or(u64::MAX);
+        let (wtx, wrx) = bounded::<WriterMsg>(QUEUE);
+        let mut writer = BatchWriter::new(target, limit, self.written.clone());
+        let failure = self.failure.clone();
+        self.writer = Some(thread::spawn(move || {
+            let mut final_size = None;
+            let res = (|| -> Result<()> {
+                for msg in wrx.iter() {
+                    match msg {
+                        WriterMsg::Slices(list) => {
+                            for (g, c, r) in list {
+                                writer.write(g, &c[r])?;
+                            }
+                        }
+                        WriterMsg::Owned(g, v) => writer.write(g, &v)?,
+                        WriterMsg::Zero(g, l) => writer.zero(g, l)?,
+                        WriterMsg::Finish(size) => final_size = Some(size),
+                    }
+                }
+                match final_size {
+                    Some(size) => writer.finish(size),
+                    None => Err(stopped("decoding did not finish")),
+                }
+            })();
+            if let Err(e) = res {
+                failure.record(e);
+            }
+        }));
+        let mut jobs = None;
+        if compressed_clusters {
+            let (jtx, jrx) = bounded::<Vec<CompressedJob>>(QUEUE);
+            for _ in 0..self.workers.max(1) {
+                let jrx = jrx.clone();
+                let wtx = wtx.clone();
+                let failure = self.failure.clone();
+                self.pool.push(thread::spawn(move || {
+                    let res = (|| -> Result<()> {
+                        for batch in jrx.iter() {
+                            for job in batch {
+                                let data = inflate_cluster(&job)?;
+                                wtx.send(WriterMsg::Owned(job.guest, data))
+                                    .map_err(|_| stopped("writer stopped"))?;
+                            }
+                        }
+                        Ok(())
+                    })();
+                    if let Err(e) = res {
+                        failure.record(e);
+                    }
+                }));
+            }
+            jobs = Some(jtx);
+        }
+        Ok(PipeOut {
+            writer: wtx,
+            jobs,
+            slices: Vec::new(),
+            pending_jobs: Vec::new(),
+            pending_bytes: 0,
+        })
+    }
+}
+
+struct Decoded {
+    format: Format,
+    inner: Format,
+    virtual_size: u64,
+    range_requests: u64,
+    peak_buffered: u64,
+}
+
+fn decode_qcow2(
+    input: &mut dyn FnMut() -> Result<Option<Chunk>>,
+    first: &[u8],
+    total: Option<u64>,
+    max_buffer: u64,
+    stages: &mut Stages,
+    ranges: &mut dyn RangeFetch,
+) -> Result<(u64, qcow2::Stats, PipeOut)> {
+    let mut dec = qcow2::Decoder::new(first, total, max_buffer)?;
+    let vsize = dec.header().virtual_size;
+    let mut out = stages.start(Some(vsize), true)?;
+    while let Some(chunk) = input()? {
+        dec.feed(&chunk, &mut out, ranges)?;
+        out.flush()?;
+    }
+    dec.finish(&mut out, ranges)?;
+    out.flush()?;
+    Ok((vsize, dec.stats, out))
+}
+
+fn decode_raw(
+    input: &mut dyn FnMut() -> Result<Option<Chunk>>,
+    size_hint: Option<u64>,
+    stages: &mut Stages,
+) -> Result<(u64, PipeOut)> {
+    let mut out = stages.start(size_hint, false)?;
+    let mut pos = 0u64;
+    while let Some(chunk) = input()? {
+        let len = chunk.len();
+        out.data(pos, &chunk, 0..len)?;
+        out.flush()?;
+        pos += len as u64;
+    }
+    Ok((pos, out))
+}
+
+fn decode_stream(
+    input: &mut ChunkInput,
+    opts: &Options,
+    total: Option<u64>,
+    stages: &mut Stages,
+    ranges: &mut dyn RangeFetch,
+) -> Result<Decoded> {
+    let first = input.peek(qcow2::HEADER_PEEK.max(0x44));
+    let format = match opts.format {
+        Format::Auto => detect(&first)?,
+        Format::Qcow2 if !first.starts_with(qcow2::MAGIC) => {
+            return Err(crate::error::corrupt("not a qcow2 image (bad magic)"))
+        }
+        forced => forced,
+    };
+    let mut decoded = Decoded {
+        format,
+        inner: format,
+        virtual_size: 0,
+        range_requests: 0,
+        peak_buffered: 0,
+    };
+    let out = match format {
+        Format::Qcow2 => {
+            let mut next = || Ok(input.next_chunk());
+            let (v, stats, out) =
+                decode_qcow2(&mut next, &first, total, opts.max_buffer, stages, ranges)?;
+            decoded.virtual_size = v;
+            decoded.range_requests = stats.range_requests;
+            decoded.peak_buffered = stats.peak_buffered;
+            out
+        }
+        Format::Raw | Format::Auto => {
+            decoded.format = Format::Raw;
+            decoded.inner = Format::Raw;
+            let mut next = || Ok(input.next_chunk());
+            let (v, out) = decode_raw(&mut next, total, stages)?;
+            decoded.virtual_size = v;
+            out
+        }
+        Format::Gzip | Format::Xz | Format::Zstd => {
+            let hint = if format == Format::Zstd {
+                zstd::zstd_safe::get_frame_content_size(&first)
+                    .ok()
+                    .flatten()
+            } else {
+                None
+            };
+            let name = format.name();
+            let mut reader: Box<dyn Read + '_> = match format {
+                Format::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&mut *input)),
+                Format::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(&mut *input)),
+                _ => Box::new(
+                    zstd::stream::read::Decoder::new(&mut *input)
+                        .map_err(|e| source(format!("zstd: {e}")))?,
+                ),
+            };
+            let head = read_chunk(&mut *reader, name)?;
+            let inner = match &head {
+                Some(c) => match detect(c)? {
+                    Format::Qcow2 => Format::Qcow2,
+                    Format::Raw => Format::Raw,
+                    other => {
+                        return Err(unsupported(format!(
+                            "{name} stream holds {} data: nested compression is not supported",
+                            other.name()
+                        )))
+                    }
+                },
+                None => Format::Raw,
+            };
+            decoded.inner = inner;
+            let mut pending = head.clone();
+            let mut next = || -> Result<Option<Chunk>> {
+                if let Some(c) = pending.take() {
+                    return Ok(Some(c));
+                }
+                read_chunk(&mut *reader, name)
+            };
+            if inner == Format::Qcow2 {
+                let head_bytes = head.as_ref().map(|c| c.to_vec()).unwrap_or_default();
+                let (v, stats, out) = decode_qcow2(
+                    &mut next,
+                    &head_bytes,
+                    None,
+                    opts.max_buffer,
+                    stages,
+                    &mut NoRanges,
+                )?;
+                decoded.virtual_size = v;
+                decoded.peak_buffered = stats.peak_buffered;
+                out
+            } else {
+                // A zstd frame may declare its size: a lower bound of the image, checked early.
+                if let (Some(h), Some(t)) = (hint, stages.target.as_ref()) {
+                    t.check_capacity(h)?;
+                }
+                let mut out = stages.start(None, false)?;
+                let mut pos = 0u64;
+                while let Some(chunk) = next()? {
+                    let len = chunk.len();
+                    out.data(pos, &chunk, 0..len)?;
+                    out.flush()?;
+                    pos += len as u64;
+                }
+                decoded.virtual_size = pos;
+                out
+            }
+        }
+    };
+    out.writer
+        .send(WriterMsg::Finish(decoded.virtual_size))
+        .map_err(|_| stopped("writer stopped"))?;
+    Ok(decoded)
+}
+
+/// Streams `src` onto the target at `target_path` in one pass. Blocks until done; poll
+/// `progress` from another thread and set its `cancel` flag to stop.
+pub fn run(
+    src: &Source,
+    target_path: &Path,
+    opts: &Options,
+    progress: Arc<Progress>,
+) -> Result<Outcome> {
+    let opened = src.open()?;
+    let mut ranges = src.ranges()?;
+    let target = Target::open(target_path, opts.assume_zeroed)?;
+    if let Some(len) = opened.length {
+        progress.total.store(len, Ordering::Relaxed);
+    }
+    let failure = Arc::new(Failure::default());
+    let (dtx, drx) = bounded::<Chunk>(QUEUE);
+    let hash_chan = opts.checksum.as_ref().map(|_| bounded::<Chunk>(QUEUE));
+    let hasher = opts.checksum.as_ref().map(|(algo, _)| {
+        let rx = hash_chan.as_ref().expect("channel").1.clone();
+        let algo = *algo;
+        thread::spawn(move || {
+            let mut h = Hasher::new(algo);
+            for c in rx.iter() {
+                h.update(&c);
+            }
+            h.hex()
+        })
+    });
+    let htx = hash_chan.map(|(tx, _)| tx);
+    let reader = {
+        let failure = failure.clone();
+        let progress = progress.clone();
+        let mut r = opened.reader;
+        let length = opened.length;
+        thread::spawn(move || {
+            let res = (|| -> Result<u64> {
+                let mut total = 0u64;
+                loop {
+                    if progress.cancel.load(Ordering::Relaxed) {
+                        return Err(Error::new(ErrorKind::Cancelled, "cancelled"));
+                    }
+                    if failure.abort.load(Ordering::Relaxed) {
+                        return Err(stopped("aborted"));
+                    }
+                    let block = match Block::read_from(&mut r, CHUNK) {
+                        Ok(b) => b,
+                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                            return Err(truncated(format!("source ended early: {e}")))
+                        }
+                        Err(e) => return Err(source(format!("reading the source: {e}"))),
+                    };
+                    let n = block.len();
+                    if n == 0 {
+                        break;
+                    }
+                    total += n as u64;
+                    progress.bytes_in.store(total, Ordering::Relaxed);
+                    let chunk = Arc::new(block);
+                    if let Some(tx) = &htx {
+                        tx.send(chunk.clone())
+                            .map_err(|_| stopped("hasher stopped"))?;
+                    }
+                    dtx.send(chunk).map_err(|_| stopped("decoder stopped"))?;
+                }
+                if let Some(len) = length {
+                    if total < len {
+                        return Err(truncated(format!(
+                            "source ended after {total} of {len} bytes"
+                        )));
+                    }
+                }
+                Ok(total)
+            })();
+            match res {
+                Ok(total) => Some(total),
+                Err(e) => {
+                    failure.record(e);
+                    None
+                }
+            }
+        })
+    };
+    let mut stages = Stages {
+        target: Some(target),
+        written: progress.bytes_written.clone(),
+        failure: failure.clone(),
+        workers: opts.workers,
+        writer: None,
+        pool: Vec::new(),
+    };
+    let written = progress.bytes_written.clone();
+    let mut input = ChunkInput {
+        rx: drx,
+        front: VecDeque::new(),
+        cur: None,
+    };
+    let decoded = {
+        let mut ranges_ref: &mut dyn RangeFetch = &mut *ranges;
+        let cancel = progress.cancel.clone();
+        let mut guard = CancelAware {
+            inner: &mut ranges_ref,
+            cancel,
+        };
+        decode_stream(&mut input, opts, opened.length, &mut stages, &mut guard)
+    };
+    let decoded = match decoded {
+        Ok(d) => Some(d),
+        Err(e) => {
+            failure.record(e);
+            None
+        }
+    };
+    drop(input);
+    // Dropping the stages' senders lets workers and the writer drain and finish.
+    let pool = std::mem::take(&mut stages.pool);
+    let writer = stages.writer.take();
+    drop(stages);
+    for h in pool {
+        let _ = h.join();
+    }
+    if let Some(w) = writer {
+        let _ = w.join();
+    }
+    let bytes_read = reader.join().ok().flatten();
+    let digest = hasher.map(|h| h.join().unwrap_or_default());
+    if let Some(e) = failure.take() {
+        return Err(e);
+    }
+    if progress.cancel.load(Ordering::Relaxed) {
+        return Err(Error::new(ErrorKind::Cancelled, "cancelled"));
+    }
+    let decoded = decoded.ok_or_else(|| stopped("pipeline stopped"))?;
+    let bytes_read = bytes_read.ok_or_else(|| stopped("reader stopped"))?;
+    let expected = opts.checksum.as_ref().map(|(_, hex)| hex.clone());
+    let verified = matches!((&digest, &expected), (Some(d), Some(e)) if d == e);
+    Ok(Outcome {
+        format: decoded.format.name().to_string(),
+        inner_format: decoded.inner.name().to_string(),
+        virtual_size: decoded.virtual_size,
+        bytes_read,
+        bytes_written: written.load(Ordering::Relaxed),
+        checksum_algorithm: opts.checksum.as_ref().map(|(a, _)| a.name().to_string()),
+        digest,
+        expected_digest: expected,
+        verified,
+        range_requests: decoded.range_requests,
+        peak_buffered: decoded.peak_buffered,
+    })
+}
+
+struct CancelAware<'a, 'b> {
+    inner: &'a mut &'b mut dyn RangeFetch,
+    cancel: Arc<AtomicBool>,
+}
+
+impl RangeFetch for CancelAware<'_, '_> {
+    fn fetch(&mut self, offset: u64, len: u64) -> Result<Option<Vec<u8>>> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(Error::new(ErrorKind::Cancelled, "cancelled"));
+        }
+        self.inner.fetch(offset, len)
+    }
+}
+
+/// What `probe` tells about an image without writing it.
+#[derive(Debug, Clone)]
+pub struct Info {
+    pub format: String,
+    /// Format inside a compressed wrapper, when it could be seen.
+    pub inner_format: Option<String>,
+    pub virtual_size: Option<u64>,
+    pub cluster_size: Option<u64>,
+    /// Cluster compression of a qcow2 image, or the wrapper's compression.
+    pub compression: Option<String>,
+    pub file_size: Option<u64>,
+    pub qcow2_version: Option<u32>,
+    pub extended_l2: bool,
+}
+
+/// Reads the start of `src` (one request) and reports the format and sizes.
+pub fn probe(src: &Source) -> Result<Info> {
+    const WANT: usize = 64 << 10;
+    let opened = src.open()?;
+    let mut head = Vec::with_capacity(WANT);
+    opened
+        .reader
+        .take(WANT as u64)
+        .read_to_end(&mut head)
+        .map_err(|e| source(format!("reading the source: {e}")))?;
+    let format = detect(&head)?;
+    let mut info = Info {
+        format: format.name().to_string(),
+        inner_format: None,
+        virtual_size: None,
+        cluster_size: None,
+        compression: None,
+        file_size: opened.length,
+        qcow2_version: None,
+        extended_l2: false,
+    };
+    match format {
+        Format::Qcow2 => {
+            let h = qcow2::parse_header(&head)?;
+            info.virtual_size = Some(h.virtual_size);
+            info.cluster_size = Some(h.cluster_size);
+            info.compression = Some(h.compression.name().to_string());
+            info.qcow2_version = Some(h.version);
+            info.extended_l2 = h.extended_l2;
+        }
+        Format::Raw | Format::Auto => info.virtual_size = opened.length,
+        Format::Gzip | Format::Xz | Format::Zstd => {
+            info.compression = Some(format.name().to_string());
+            if format == Format::Zstd {
+                info.virtual_size = zstd::zstd_safe::get_frame_content_size(&head)
+                    .ok()
+                    .flatten();
+            }
+            let cursor = std::io::Cursor::new(head);
+            let mut reader: Box<dyn Read> = match format {
+                Format::Gzip => Box::new(flate2::read::MultiGzDecoder::new(cursor)),
+                Format::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(cursor)),
+                _ => Box::new(
+                    zstd::stream::read::Decoder::new(cursor)
+                        .map_err(|e| source(format!("zstd: {e}")))?,
+                ),
+            };
+            let mut inner = vec![0u8; 4096];
+            let mut n = 0;
+            while n < inner.len() {
+                match reader.read(&mut inner[n..]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => n += k,
+                }
+            }
+            if n >= qcow2::HEADER_PEEK {
+                let inner_fmt = detect(&inner[..n])?;
+                info.inner_format = Some(inner_fmt.name().to_string());
+                if inner_fmt == Format::Qcow2 {
+                    let h = qcow2::parse_header(&inner[..n])?;
+                    info.virtual_size = Some(h.virtual_size);
+                    info.cluster_size = Some(h.cluster_size);
+                    info.qcow2_version = Some(h.version);
+                    info.extended_l2 = h.extended_l2;
+                }
+            } else if n > 0 {
+                info.inner_format = Some("raw".to_string());
+            }
+        }
+    }
+    Ok(info)
+}

@@ -330,3 +330,44 @@ async def test_legacy_states_are_understood(kubeconfig: Path, namespace: str, le
         assert legacy in seen
         assert ("preparing" in seen) == (legacy == "match profile")
         assert "inspecting" not in seen and "registering" not in seen
+
+
+async def test_power_drift_is_noticed_by_polling(kubeconfig: Path, namespace: str) -> None:
+    async with (
+        cluster(kubeconfig, namespace) as c,
+        running_operator(kubeconfig, c.world, namespace=namespace),
+    ):
+        await c.apply_host(host("w1", namespace, image=IMAGE))
+        obj = await c.wait_for("w1", lambda o: condition(o or {}, "Ready") == "True")
+        assert obj is not None
+        uid = c.uid(obj)
+        ons = c.world.count(uid, "power_on")
+        c.world.hosts[uid].powered_on = False  # someone pressed the power button
+        await c.wait_for(
+            "w1",
+            lambda o: (
+                c.world.count(uid, "power_on") == ons + 1
+                and (o or {})["status"]["poweredOn"] is True
+            ),
+            what="power restored after the poll noticed it",
+        )
+
+
+async def test_detach_force_works_outside_the_steady_states(
+    kubeconfig: Path, namespace: str
+) -> None:
+    async with (
+        cluster(kubeconfig, namespace) as c,
+        running_operator(kubeconfig, c.world, namespace=namespace),
+    ):
+        slow = {"fixture.metal3.io/inspect": "steps:100000"}
+        await c.apply_host(host("q1", namespace, annotations=slow))
+        await c.wait_state("q1", "inspecting")
+        plain = {"baremetalhost.metal3.io/detached": ""}
+        await c.patch("q1", {"metadata": {"annotations": plain}})
+        await anyio.sleep(0.5)
+        obj = await c.get("q1")
+        assert obj is not None and obj["status"]["operationalStatus"] != "detached"
+        forced = {"baremetalhost.metal3.io/detached": '{"force": true}'}
+        await c.patch("q1", {"metadata": {"annotations": forced}})
+        await c.wait_for("q1", lambda o: (o or {})["status"]["operationalStatus"] == "detached")

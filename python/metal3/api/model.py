@@ -158,7 +158,7 @@ class Model:
     def from_json(cls, data: Any, path: str = "") -> Self:
         """Build from JSON-compatible data (as parsed by orjson or PyYAML)."""
         if not isinstance(data, dict):
-            raise ModelError(path, f"expected an object, got {_json_type(data)}")
+            raise ModelError(path, f"expected an object, got {json_type_name(data)}")
         by_json = cls.__dict__.get("_by_json")
         if by_json is None:
             cls.fields()
@@ -244,7 +244,8 @@ def _dumper(hint: Any) -> _Dump:
     return _dump_any
 
 
-def _json_type(value: Any) -> str:
+def json_type_name(value: Any) -> str:
+    """The JSON Schema type name of a parsed JSON value."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -290,7 +291,7 @@ def _loader(hint: Any) -> _Load:
 
         def load_scalar(raw: Any, path: str, key: str | int) -> Any:
             if type(raw) not in accepted:
-                raise ModelError(_at(path, key), f"expected {expected}, got {_json_type(raw)}")
+                raise ModelError(_at(path, key), f"expected {expected}, got {json_type_name(raw)}")
             return raw
 
         return load_scalar
@@ -301,7 +302,7 @@ def _loader(hint: Any) -> _Load:
 
         def load_list(raw: Any, path: str, key: str | int) -> list[Any]:
             if not isinstance(raw, list):
-                raise ModelError(_at(path, key), f"expected an array, got {_json_type(raw)}")
+                raise ModelError(_at(path, key), f"expected an array, got {json_type_name(raw)}")
             if item_scalar and all(type(v) in item_scalar for v in raw):
                 return list(raw)
             here = _at(path, key)
@@ -314,7 +315,7 @@ def _loader(hint: Any) -> _Load:
 
         def load_map(raw: Any, path: str, key: str | int) -> dict[str, Any]:
             if not isinstance(raw, dict):
-                raise ModelError(_at(path, key), f"expected an object, got {_json_type(raw)}")
+                raise ModelError(_at(path, key), f"expected an object, got {json_type_name(raw)}")
             here = _at(path, key)
             return {k: load_value(v, here, k) for k, v in raw.items()}
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from metal3.api.model import json_type_name
+
 Schema = dict[str, Any]
 
 # Root fields every object has; the API server handles `metadata` itself.
@@ -40,22 +42,6 @@ class FieldError:
 @lru_cache(maxsize=4096)
 def _compiled(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
 
 
 def _render(value: Any) -> str:
@@ -192,7 +178,7 @@ def _type_error(path: str, value: Any, expected: str) -> FieldError:
         path,
         "FieldValueTypeInvalid",
         f"Invalid value: {_render(value)}: {path} in body must be of type {expected}: "
-        f'"{_type_name(value)}"',
+        f'"{json_type_name(value)}"',
     )
 
 

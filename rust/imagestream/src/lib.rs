@@ -5,11 +5,13 @@
 
 pub mod checksum;
 pub mod error;
+mod http_plain;
 pub mod pipeline;
 pub mod qcow2;
 pub mod sink;
 pub mod source;
 pub mod stream;
+pub mod trace;
 
 /// The crate version, exposed so Python can check it was built from the same tree.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

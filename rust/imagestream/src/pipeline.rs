@@ -18,13 +18,14 @@ use crate::error::{invalid, source, stopped, truncated, unsupported, Error, Erro
 use crate::qcow2::{self, inflate_cluster};
 use crate::sink::{BatchWriter, Target};
 use crate::source::Source;
-use crate::stream::{Block, Chunk, CompressedJob, NoRanges, Output, RangeFetch};
+use crate::stream::{Block, BlockPool, Chunk, CompressedJob, NoRanges, Output, RangeFetch};
+use crate::trace::Tally;
 
 /// Size of the pieces the reader hands on.
-pub const CHUNK: usize = 1 << 20;
+pub const CHUNK: usize = 4 << 20;
 /// Default bound on bytes a qcow2 layout may make us hold back.
 pub const DEFAULT_MAX_BUFFER: u64 = 32 << 20;
-const QUEUE: usize = 8;
+const QUEUE: usize = 3;
 
 /// Image container formats, as detected or forced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -324,8 +325,8 @@ impl Read for ChunkInput {
 }
 
 /// Reads `CHUNK`-sized pieces of decompressed output.
-fn read_chunk(r: &mut dyn Read, what: &str) -> Result<Option<Chunk>> {
-    let block = Block::read_from(r, CHUNK).map_err(|e| match e.kind() {
+fn read_chunk(pool: &BlockPool, r: &mut dyn Read, what: &str) -> Result<Option<Chunk>> {
+    let block = pool.read(r).map_err(|e| match e.kind() {
         std::io::ErrorKind::UnexpectedEof => truncated(format!("{what}: stream ended early: {e}")),
         _ => crate::error::corrupt(format!("{what}: {e}")),
     })?;
@@ -445,14 +446,82 @@ fn decode_raw(
     stages: &mut Stages,
 ) -> Result<(u64, PipeOut)> {
     let mut out = stages.start(size_hint, false)?;
+    let pos = copy_raw(input, &mut out)?;
+    Ok((pos, out))
+}
+
+/// Granularity at which raw data is checked for zeros.
+const ZERO_PIECE: usize = 64 << 10;
+/// Shortest zero run turned into a zeroing request rather than written: shorter ones would
+/// only cut large writes into small ones.
+const ZERO_RUN_MIN: u64 = 1 << 20;
+
+/// Whether `b` holds only zeros (a branch-free OR per 4 KiB, which vectorises).
+fn is_zero(b: &[u8]) -> bool {
+    b.chunks(4096)
+        .all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0)
+}
+
+/// Raw image data in stream order: long runs of zeros become zeroing requests (a discard or
+/// hole on the target instead of gigabytes of written zeros), everything else is data.
+#[derive(Default)]
+struct ZeroRuns {
+    start: u64,
+    len: u64,
+    /// The pieces of a run still too short to count, written as data if it stays short.
+    held: Vec<(u64, Chunk, Range<usize>)>,
+}
+
+impl ZeroRuns {
+    fn push(&mut self, out: &mut PipeOut, pos: u64, chunk: &Chunk) -> Result<()> {
+        let mut i = 0;
+        while i < chunk.len() {
+            let r = i..(i + ZERO_PIECE).min(chunk.len());
+            let g = pos + i as u64;
+            i = r.end;
+            if is_zero(&chunk[r.clone()]) {
+                if self.len == 0 {
+                    self.start = g;
+                }
+                self.len += r.len() as u64;
+                if self.len < ZERO_RUN_MIN {
+                    self.held.push((g, chunk.clone(), r));
+                } else {
+                    self.held.clear();
+                }
+            } else {
+                self.end_run(out)?;
+                out.data(g, chunk, r)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn end_run(&mut self, out: &mut PipeOut) -> Result<()> {
+        if self.len >= ZERO_RUN_MIN {
+            out.zero(self.start, self.len)?;
+        } else {
+            for (g, c, r) in self.held.drain(..) {
+                out.data(g, &c, r)?;
+            }
+        }
+        self.len = 0;
+        Ok(())
+    }
+}
+
+/// Sends a raw stream to the writer; returns its length.
+fn copy_raw(input: &mut dyn FnMut() -> Result<Option<Chunk>>, out: &mut PipeOut) -> Result<u64> {
+    let mut runs = ZeroRuns::default();
     let mut pos = 0u64;
     while let Some(chunk) = input()? {
-        let len = chunk.len();
-        out.data(pos, &chunk, 0..len)?;
+        runs.push(out, pos, &chunk)?;
         out.flush()?;
-        pos += len as u64;
+        pos += chunk.len() as u64;
     }
-    Ok((pos, out))
+    runs.end_run(out)?;
+    out.flush()?;
+    Ok(pos)
 }
 
 fn decode_stream(
@@ -512,7 +581,8 @@ fn decode_stream(
                         .map_err(|e| source(format!("zstd: {e}")))?,
                 ),
             };
-            let head = read_chunk(&mut *reader, name)?;
+            let pool = BlockPool::new(CHUNK, 4 * QUEUE);
+            let head = read_chunk(&pool, &mut *reader, name)?;
             let inner = match &head {
                 Some(c) => match detect(c)? {
                     Format::Qcow2 => Format::Qcow2,
@@ -532,7 +602,7 @@ fn decode_stream(
                 if let Some(c) = pending.take() {
                     return Ok(Some(c));
                 }
-                read_chunk(&mut *reader, name)
+                read_chunk(&pool, &mut *reader, name)
             };
             if inner == Format::Qcow2 {
                 let head_bytes = head.as_ref().map(|c| c.to_vec()).unwrap_or_default();
@@ -553,14 +623,7 @@ fn decode_stream(
                     t.check_capacity(h)?;
                 }
                 let mut out = stages.start(None, false)?;
-                let mut pos = 0u64;
-                while let Some(chunk) = next()? {
-                    let len = chunk.len();
-                    out.data(pos, &chunk, 0..len)?;
-                    out.flush()?;
-                    pos += len as u64;
-                }
-                decoded.virtual_size = pos;
+                decoded.virtual_size = copy_raw(&mut next, &mut out)?;
                 out
             }
         }
@@ -593,9 +656,11 @@ pub fn run(
         let algo = *algo;
         thread::spawn(move || {
             let mut h = Hasher::new(algo);
+            let mut tally = Tally::default();
             for c in rx.iter() {
-                h.update(&c);
+                tally.time(c.len() as u64, || h.update(&c));
             }
+            tally.report("hash");
             h.hex()
         })
     });
@@ -606,8 +671,11 @@ pub fn run(
         let mut r = opened.reader;
         let length = opened.length;
         thread::spawn(move || {
+            let pool = BlockPool::new(CHUNK, 4 * QUEUE);
             let res = (|| -> Result<u64> {
                 let mut total = 0u64;
+                let mut tally = Tally::default();
+                let mut sends = Tally::default();
                 loop {
                     if progress.cancel.load(Ordering::Relaxed) {
                         return Err(Error::new(ErrorKind::Cancelled, "cancelled"));
@@ -615,7 +683,7 @@ pub fn run(
                     if failure.abort.load(Ordering::Relaxed) {
                         return Err(stopped("aborted"));
                     }
-                    let block = match Block::read_from(&mut r, CHUNK) {
+                    let block = match tally.time(CHUNK as u64, || pool.read(&mut r)) {
                         Ok(b) => b,
                         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                             return Err(truncated(format!("source ended early: {e}")))
@@ -629,12 +697,16 @@ pub fn run(
                     total += n as u64;
                     progress.bytes_in.store(total, Ordering::Relaxed);
                     let chunk = Arc::new(block);
-                    if let Some(tx) = &htx {
-                        tx.send(chunk.clone())
-                            .map_err(|_| stopped("hasher stopped"))?;
-                    }
-                    dtx.send(chunk).map_err(|_| stopped("decoder stopped"))?;
+                    sends.time(0, || -> Result<()> {
+                        if let Some(tx) = &htx {
+                            tx.send(chunk.clone())
+                                .map_err(|_| stopped("hasher stopped"))?;
+                        }
+                        dtx.send(chunk).map_err(|_| stopped("decoder stopped"))
+                    })?;
                 }
+                tally.report("read");
+                sends.report("read-wait");
                 if let Some(len) = length {
                     if total < len {
                         return Err(truncated(format!(
@@ -821,4 +893,21 @@ pub fn probe(src: &Source) -> Result<Info> {
         }
     }
     Ok(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_detection() {
+        let mut b = vec![0u8; 3 * 4096 + 100];
+        assert!(is_zero(&b));
+        assert!(is_zero(&[]));
+        for at in [0, 4095, 4096, b.len() - 1] {
+            b[at] = 1;
+            assert!(!is_zero(&b), "{at}");
+            b[at] = 0;
+        }
+    }
 }

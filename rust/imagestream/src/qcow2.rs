@@ -19,6 +19,8 @@ const L1_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 const L2_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 const COMPRESSED_FLAG: u64 = 1 << 62;
 const MAX_L1_BYTES: u64 = 32 << 20;
+/// Largest piece of unclaimed bytes held before the buffer bound is checked again.
+const HOLD_STEP: u64 = 1 << 20;
 /// Largest virtual size accepted (qemu's own limit is far below the 2^63 of the field).
 const MAX_VIRTUAL_SIZE: u64 = 1 << 56;
 
@@ -517,6 +519,11 @@ impl Decoder {
             }
             for n in &self.active {
                 stop = stop.min(n.end());
+            }
+            if self.active.is_empty() && !self.all_known {
+                // Bytes about to be held: in steps, so the bound is checked at least every
+                // `HOLD_STEP` bytes whatever the size of the pieces fed in.
+                stop = stop.min(self.pos + HOLD_STEP);
             }
             let seg = (self.pos - base) as usize..(stop - base) as usize;
             if self.active.is_empty() {

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::error::{target, Result};
+use crate::trace::Tally;
 
 /// Largest single write: big enough to amortise syscalls, small enough to bound memory.
 pub const BATCH: usize = 8 << 20;
@@ -227,6 +228,8 @@ pub struct BatchWriter {
     len: usize,
     batch_start: u64,
     written: Arc<AtomicU64>,
+    /// Time in writes, zeroing and the final flush (see `trace`).
+    tally: [Tally; 3],
 }
 
 impl BatchWriter {
@@ -240,6 +243,7 @@ impl BatchWriter {
             len: 0,
             batch_start: 0,
             written,
+            tally: [Tally::default(); 3],
         }
     }
 
@@ -285,7 +289,8 @@ impl BatchWriter {
         if self.target.direct.is_some() && direct_ready {
             // Already aligned in memory (blocks from the reader are): write without copying.
             self.flush()?;
-            self.target.write_batch(off, bytes)?;
+            let target = &mut self.target;
+            self.tally[0].time(bytes.len() as u64, || target.write_batch(off, bytes))?;
             self.written
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
             return Ok(());
@@ -323,7 +328,8 @@ impl BatchWriter {
             return Ok(());
         }
         let batch = &self.storage[self.base..self.base + self.len];
-        self.target.write_batch(self.batch_start, batch)?;
+        let (target, start) = (&mut self.target, self.batch_start);
+        self.tally[0].time(batch.len() as u64, || target.write_batch(start, batch))?;
         self.written.fetch_add(self.len as u64, Ordering::Relaxed);
         self.len = 0;
         Ok(())
@@ -332,7 +338,8 @@ impl BatchWriter {
     pub fn zero(&mut self, off: u64, len: u64) -> Result<()> {
         self.check(off, len)?;
         self.flush()?;
-        self.target.zero(off, len)?;
+        let target = &self.target;
+        self.tally[1].time(len, || target.zero(off, len))?;
         self.written.fetch_add(len, Ordering::Relaxed);
         Ok(())
     }
@@ -341,6 +348,11 @@ impl BatchWriter {
     pub fn finish(mut self, final_size: u64) -> Result<()> {
         self.flush()?;
         self.check(0, final_size)?;
-        self.target.finish(final_size)
+        let target = &mut self.target;
+        let done = self.tally[2].time(0, || target.finish(final_size));
+        for (t, what) in self.tally.iter().zip(["write", "zero", "fsync"]) {
+            t.report(what);
+        }
+        done
     }
 }

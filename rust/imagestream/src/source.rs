@@ -47,7 +47,11 @@ impl Default for HttpOptions {
 #[derive(Clone)]
 pub enum Source {
     File(PathBuf),
-    Http { url: String, agent: ureq::Agent },
+    Http {
+        url: String,
+        agent: ureq::Agent,
+        timeouts: (Duration, Duration),
+    },
 }
 
 /// An opened stream and its length when the source says.
@@ -67,6 +71,7 @@ impl Source {
             return Ok(Source::Http {
                 url: spec.to_string(),
                 agent: build_agent(http)?,
+                timeouts: (http.connect_timeout, http.read_timeout),
             });
         }
         let path = spec.strip_prefix("file://").unwrap_or(spec);
@@ -106,16 +111,11 @@ impl Source {
                     length,
                 })
             }
-            Source::Http { url, agent } => {
-                let resp = get(agent, url, None)?;
-                let length = resp
-                    .header("Content-Length")
-                    .and_then(|v| v.trim().parse().ok());
-                Ok(Opened {
-                    reader: Box::new(resp.into_reader()),
-                    length,
-                })
-            }
+            Source::Http {
+                url,
+                agent,
+                timeouts,
+            } => crate::http_plain::open(url, agent, *timeouts),
         }
     }
 
@@ -127,7 +127,7 @@ impl Source {
                     source(format!("cannot open {}: {e}", path.display()))
                 })?))
             }
-            Source::Http { url, agent } => Box::new(HttpRanges {
+            Source::Http { url, agent, .. } => Box::new(HttpRanges {
                 url: url.clone(),
                 agent: agent.clone(),
                 unsupported: false,
@@ -148,7 +148,11 @@ impl Source {
     }
 }
 
-fn get(agent: &ureq::Agent, url: &str, range: Option<(u64, u64)>) -> Result<ureq::Response> {
+pub(crate) fn get(
+    agent: &ureq::Agent,
+    url: &str,
+    range: Option<(u64, u64)>,
+) -> Result<ureq::Response> {
     let mut req = agent.get(url);
     if let Some((start, len)) = range {
         req = req.set("Range", &format!("bytes={}-{}", start, start + len - 1));
@@ -165,7 +169,7 @@ fn get(agent: &ureq::Agent, url: &str, range: Option<(u64, u64)>) -> Result<ureq
 }
 
 /// Drops user information from a URL before it goes into a message.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     if let Some((scheme, rest)) = url.split_once("://") {
         let host_end = rest.find('/').unwrap_or(rest.len());
         if let Some(at) = rest[..host_end].rfind('@') {

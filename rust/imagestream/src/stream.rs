@@ -4,6 +4,8 @@ use std::io::Read;
 use std::ops::{Deref, Range};
 use std::sync::Arc;
 
+use crossbeam_channel::{bounded, Receiver, Sender};
+
 use crate::error::Result;
 
 /// A piece of the downloaded stream, shared (not copied) between hashing, decoding and writing.
@@ -17,23 +19,62 @@ pub const BLOCK_ALIGN: usize = 4096;
 pub struct Block {
     storage: Vec<u8>,
     start: usize,
+    end: usize,
+    /// Where the storage goes back when the last reference is dropped (see `BlockPool`).
+    pool: Option<Sender<Vec<u8>>>,
 }
 
 impl Block {
     /// Reads up to `max` bytes (fewer only at the end of `r`) into a fresh aligned block.
     pub fn read_from(r: &mut dyn Read, max: usize) -> std::io::Result<Block> {
-        let mut storage: Vec<u8> = Vec::with_capacity(max + 2 * BLOCK_ALIGN);
+        Block::fill(vec![0u8; max + BLOCK_ALIGN], r, max, None)
+    }
+
+    /// Fills `storage` (at least `max + BLOCK_ALIGN` bytes, initialised) from `r`: straight
+    /// into the block, one `read` after another, with no intermediate buffer.
+    fn fill(
+        storage: Vec<u8>,
+        r: &mut dyn Read,
+        max: usize,
+        pool: Option<Sender<Vec<u8>>>,
+    ) -> std::io::Result<Block> {
         let start = storage.as_ptr().align_offset(BLOCK_ALIGN).min(BLOCK_ALIGN);
-        storage.resize(start, 0);
-        // read_to_end fills the spare capacity without zeroing it first; the capacity is large
-        // enough that the vector never reallocates (which would lose the alignment).
-        r.take(max as u64).read_to_end(&mut storage)?;
-        Ok(Block { storage, start })
+        let mut block = Block {
+            storage,
+            start,
+            end: start,
+            pool,
+        };
+        let stop = start + max;
+        while block.end < stop {
+            match r.read(&mut block.storage[block.end..stop]) {
+                Ok(0) => break,
+                Ok(n) => block.end += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(block)
     }
 
     /// Wraps bytes that need no particular alignment.
     pub fn from_vec(storage: Vec<u8>) -> Block {
-        Block { storage, start: 0 }
+        let end = storage.len();
+        Block {
+            storage,
+            start: 0,
+            end,
+            pool: None,
+        }
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            // A full pool (or one nobody reads any more) just lets the storage be freed.
+            let _ = pool.try_send(std::mem::take(&mut self.storage));
+        }
     }
 }
 
@@ -41,7 +82,33 @@ impl Deref for Block {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        &self.storage[self.start..]
+        &self.storage[self.start..self.end]
+    }
+}
+
+/// Recycles the storage of blocks read from the source: the same few megabytes go round the
+/// pipeline instead of a fresh allocation (page faults, kernel zeroing) per block.
+pub struct BlockPool {
+    tx: Sender<Vec<u8>>,
+    rx: Receiver<Vec<u8>>,
+    max: usize,
+}
+
+impl BlockPool {
+    /// A pool of blocks of `max` bytes, keeping at most `keep` spare ones.
+    pub fn new(max: usize, keep: usize) -> BlockPool {
+        let (tx, rx) = bounded(keep);
+        BlockPool { tx, rx, max }
+    }
+
+    /// Like `Block::read_from`, with recycled storage.
+    pub fn read(&self, r: &mut dyn Read) -> std::io::Result<Block> {
+        let want = self.max + BLOCK_ALIGN;
+        let storage = match self.rx.try_recv() {
+            Ok(v) if v.len() == want => v,
+            _ => vec![0u8; want],
+        };
+        Block::fill(storage, r, self.max, Some(self.tx.clone()))
     }
 }
 
@@ -120,5 +187,17 @@ mod tests {
             got.extend_from_slice(&b);
         }
         assert!(got == data);
+        let pool = BlockPool::new(1 << 20, 4);
+        let mut r = std::io::Cursor::new(&data);
+        let mut again = Vec::new();
+        loop {
+            let b = pool.read(&mut r).unwrap();
+            if b.is_empty() {
+                break;
+            }
+            assert_eq!(b.as_ptr() as usize % BLOCK_ALIGN, 0);
+            again.extend_from_slice(&b);
+        }
+        assert!(again == data);
     }
 }

@@ -12,6 +12,7 @@ import os
 import resource
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +58,7 @@ async def fleet_to_available(kubeconfig: Path, *, backlog: bool) -> dict[str, An
         created: dict[str, float] = {}
         if backlog:
             await create_hosts(c, namespace, names, created)
-        settings = FAST.__class__(
-            **{**FAST.__dict__, "provisioning_limit": HOSTS, "power_poll_interval": 600.0}
-        )
+        settings = replace(FAST, provisioning_limit=HOSTS, power_poll_interval=600.0)
         async with running_operator(
             kubeconfig, c.world, namespace=namespace, settings=settings, concurrency=8
         ) as operator:

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import anyio
-import yaml
 
-from metal3.api.crd import all_crds
+from metal3.api.crd import all_crds, render
 from metal3.apiserver.server import ServerConfig, prepare
 from metal3.operator import Operator, OperatorOptions
 from metal3.provisioner.base import ProvisionerFactory
@@ -49,7 +48,7 @@ class Standalone:
         folder = self.options.data_dir / "crds"
         folder.mkdir(parents=True, exist_ok=True)
         for name, crd in all_crds().items():
-            (folder / name).write_text(yaml.safe_dump(crd, sort_keys=False))
+            (folder / name).write_text(render(crd))
         return folder
 
     async def run(self, stop: anyio.Event) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -252,9 +253,7 @@ async def test_suffixed_reboot_annotation_holds_power_off(kubeconfig: Path, name
 
 
 async def test_capacity_gate_delays_hosts(kubeconfig: Path, namespace: str) -> None:
-    settings = FAST.__class__(
-        **{**FAST.__dict__, "provisioning_limit": 1, "in_progress_poll": 0.02}
-    )
+    settings = replace(FAST, provisioning_limit=1, in_progress_poll=0.02)
     async with (
         cluster(kubeconfig, namespace) as c,
         running_operator(kubeconfig, c.world, namespace=namespace, settings=settings),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -24,7 +25,7 @@ async def test_random_operator_kills_converge_without_double_provisioning(
     names = [f"r{i:02d}" for i in range(HOSTS)]
     # Operations take several polls 50 ms apart, so every host's lifecycle spans several kills
     # however fast the machine is.
-    paced = FAST.__class__(**{**FAST.__dict__, "in_progress_poll": 0.05})
+    paced = replace(FAST, in_progress_poll=0.05)
     slow = {
         f"fixture.metal3.io/{op}": "steps:5"
         for op in ("inspect", "prepare", "provision", "deprovision", "delete")
@@ -83,7 +84,7 @@ async def test_concurrent_patches_do_not_lose_status_writes(
     kubeconfig: Path, namespace: str
 ) -> None:
     names = [f"c{i}" for i in range(10)]
-    paced = FAST.__class__(**{**FAST.__dict__, "in_progress_poll": 0.02})
+    paced = replace(FAST, in_progress_poll=0.02)
     async with (
         cluster(kubeconfig, namespace) as c,
         running_operator(kubeconfig, c.world, namespace=namespace, settings=paced) as operator,

@@ -182,6 +182,13 @@ def _type_error(path: str, value: Any, expected: str) -> FieldError:
     )
 
 
+def _invalid(path: str, value: Any, rule: str) -> FieldError:
+    """A FieldValueInvalid error in kube-apiserver's wording: the value, the path, the rule."""
+    return FieldError(
+        path, "FieldValueInvalid", f"Invalid value: {_render(value)}: {path} in body {rule}"
+    )
+
+
 def _check_enum(value: Any, schema: Schema, path: str, errors: list[FieldError]) -> None:
     enum = schema.get("enum")
     if enum is not None and value not in enum:
@@ -198,13 +205,7 @@ def _check_enum(value: Any, schema: Schema, path: str, errors: list[FieldError])
 def _check_string(value: str, schema: Schema, path: str, errors: list[FieldError]) -> None:
     pattern = schema.get("pattern")
     if pattern is not None and not _compiled(pattern).search(value):
-        errors.append(
-            FieldError(
-                path,
-                "FieldValueInvalid",
-                f"Invalid value: {_render(value)}: {path} in body should match '{pattern}'",
-            )
-        )
+        errors.append(_invalid(path, value, f"should match '{pattern}'"))
     max_length = schema.get("maxLength")
     if max_length is not None and len(value) > max_length:
         errors.append(
@@ -216,45 +217,18 @@ def _check_string(value: str, schema: Schema, path: str, errors: list[FieldError
         )
     min_length = schema.get("minLength")
     if min_length is not None and len(value) < min_length:
-        errors.append(
-            FieldError(
-                path,
-                "FieldValueInvalid",
-                f"Invalid value: {_render(value)}: {path} in body should be at least "
-                f"{min_length} chars long",
-            )
-        )
+        errors.append(_invalid(path, value, f"should be at least {min_length} chars long"))
     if schema.get("format") == "date-time" and not _DATE_TIME.match(value):
-        errors.append(
-            FieldError(
-                path,
-                "FieldValueInvalid",
-                f"Invalid value: {_render(value)}: {path} in body must be of type date-time",
-            )
-        )
+        errors.append(_invalid(path, value, "must be of type date-time"))
 
 
 def _check_number(value: float, schema: Schema, path: str, errors: list[FieldError]) -> None:
     minimum = schema.get("minimum")
     if minimum is not None and value < minimum:
-        errors.append(
-            FieldError(
-                path,
-                "FieldValueInvalid",
-                f"Invalid value: {_render(value)}: {path} in body should be greater than or "
-                f"equal to {minimum}",
-            )
-        )
+        errors.append(_invalid(path, value, f"should be greater than or equal to {minimum}"))
     maximum = schema.get("maximum")
     if maximum is not None and value > maximum:
-        errors.append(
-            FieldError(
-                path,
-                "FieldValueInvalid",
-                f"Invalid value: {_render(value)}: {path} in body should be less than or "
-                f"equal to {maximum}",
-            )
-        )
+        errors.append(_invalid(path, value, f"should be less than or equal to {maximum}"))
     if schema.get("format") == "int32" and not _INT32[0] <= value <= _INT32[1]:
         errors.append(
             FieldError(path, "FieldValueInvalid", f"Invalid value: {value}: out of int32 range")

@@ -28,7 +28,7 @@ DELETE_DELAYED_DETACHED = Counter(
 )
 
 _BUCKETS = (0.01, 0.1, 1, 5, 10, 30, 60, 120, 300, 600, 1200, 3600)
-OPERATION_TIME = {
+OPERATION_TIME: dict[str, Histogram] = {
     S.REGISTERING: Histogram(
         "metal3_operation_register_duration_seconds", "Register", buckets=_BUCKETS
     ),
@@ -45,6 +45,6 @@ OPERATION_TIME = {
 
 
 def observe_operation(state: str, seconds: float) -> None:
-    histogram = OPERATION_TIME.get(S(state)) if state in S._value2member_map_ else None
+    histogram = OPERATION_TIME.get(state)
     if histogram is not None:
         histogram.observe(seconds)

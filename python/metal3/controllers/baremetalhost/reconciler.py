@@ -213,9 +213,7 @@ class BareMetalHostReconciler:
             await self._write_hardware_data(obj, ctx.hardware)
         latest = await self._save_status(latest, host, original_status)
         if ctx.remove_annotations:
-            patch = {"metadata": {"annotations": dict.fromkeys(ctx.remove_annotations)}}
-            latest = await self.client.patch(BAREMETALHOSTS, *key, patch)
-            self._cache(latest)
+            latest = await self._drop_annotations(latest, ctx.remove_annotations)
         for event_type, reason, message in ctx.events:
             self.recorder.record(latest, event_type, reason, message)
         if ctx.forget_host:
@@ -235,6 +233,21 @@ class BareMetalHostReconciler:
         if self.hosts.store.put(obj):
             self._track(obj)
 
+    async def _replace_status(self, obj: JsonObject, status: JsonObject) -> JsonObject:
+        """PUT the status subresource (fails with 409 if ``obj`` is stale) and cache the result."""
+        result = await self.client.replace(
+            BAREMETALHOSTS, {**obj, "status": status}, subresource="status"
+        )
+        self._cache(result)
+        return result
+
+    async def _drop_annotations(self, obj: JsonObject, keys: set[str]) -> JsonObject:
+        """Remove annotations (a merge patch setting them to null) and cache the result."""
+        patch = {"metadata": {"annotations": dict.fromkeys(keys)}}
+        result = await self.client.patch(BAREMETALHOSTS, *object_key(obj), patch)
+        self._cache(result)
+        return result
+
     async def _replace(self, obj: JsonObject, *, finalizers: list[str]) -> JsonObject:
         body = {k: v for k, v in obj.items() if k != "status"}
         body["metadata"] = {**obj["metadata"], "finalizers": finalizers}
@@ -252,22 +265,15 @@ class BareMetalHostReconciler:
         if status == original:
             return obj
         host.status.last_updated = status["lastUpdated"] = now_rfc3339()
-        body = {**obj, "status": status}
         try:
-            result = await self.client.replace(BAREMETALHOSTS, body, subresource="status")
+            return await self._replace_status(obj, status)
         except ApiError as exc:
             if not exc.conflict:
                 raise
-            metadata = obj["metadata"]
-            fresh = await self.client.get(
-                BAREMETALHOSTS, metadata.get("namespace"), metadata["name"]
-            )
+            fresh = await self.client.get(BAREMETALHOSTS, *object_key(obj))
             if fresh.get("status") != obj.get("status"):
                 raise  # someone else wrote the status: decide again from theirs
-            fresh["status"] = status
-            result = await self.client.replace(BAREMETALHOSTS, fresh, subresource="status")
-        self._cache(result)
-        return result
+            return await self._replace_status(fresh, status)
 
     async def _restore_status(self, obj: JsonObject, host: BareMetalHost, raw: str) -> None:
         """Status from the status annotation (e.g. after a move), used only if none is set."""
@@ -279,11 +285,8 @@ class BareMetalHostReconciler:
             else:
                 if not restored.last_updated:
                     restored.last_updated = now_rfc3339()
-                body = {**obj, "status": restored.to_json()}
-                obj = await self.client.replace(BAREMETALHOSTS, body, subresource="status")
-                self._cache(obj)
-        patch = {"metadata": {"annotations": {STATUS_ANNOTATION: None}}}
-        self._cache(await self.client.patch(BAREMETALHOSTS, *object_key(obj), patch))
+                obj = await self._replace_status(obj, restored.to_json())
+        await self._drop_annotations(obj, {STATUS_ANNOTATION})
 
     async def _take_hardware_details(self, obj: JsonObject, host: BareMetalHost, raw: str) -> None:
         """Hardware details given by annotation stand in for inspection when it is disabled."""
@@ -296,12 +299,9 @@ class BareMetalHostReconciler:
                 status = ensure_status(host)
                 status.hardware = details
                 status.last_updated = now_rfc3339()
-                body = {**obj, "status": status.to_json()}
-                obj = await self.client.replace(BAREMETALHOSTS, body, subresource="status")
-                self._cache(obj)
+                obj = await self._replace_status(obj, status.to_json())
                 await self._write_hardware_data(obj, details)
-        patch = {"metadata": {"annotations": {HARDWARE_DETAILS_ANNOTATION: None}}}
-        self._cache(await self.client.patch(BAREMETALHOSTS, *object_key(obj), patch))
+        await self._drop_annotations(obj, {HARDWARE_DETAILS_ANNOTATION})
 
     async def _write_hardware_data(self, host: JsonObject, details: HardwareDetails) -> None:
         metadata = host["metadata"]

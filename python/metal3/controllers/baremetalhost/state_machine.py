@@ -51,6 +51,7 @@ from metal3.controllers.baremetalhost.status import (
     record_state_begin,
     record_state_end,
     set_error,
+    settle_operational_status,
     state_of,
 )
 from metal3.provisioner.base import (
@@ -346,11 +347,7 @@ class HostStateMachine:
         if self.status.operational_status == OperationalStatus.DELAYED.value:
             if not self._has_capacity():
                 return Outcome("delayed", self.ctx.settings.delayed_retry)
-            self.status.operational_status = (
-                OperationalStatus.ERROR.value
-                if self.status.error_type
-                else OperationalStatus.OK.value
-            )
+            settle_operational_status(self.host)
             return keep_going(0.0)
         # A host already inspecting/provisioning/deprovisioning holds its slot: it is counted
         # among the busy ones and is never delayed (two such hosts would wait on each other).
@@ -413,11 +410,7 @@ class HostStateMachine:
             self.status.error_count = 0
             return keep_going(0.0)
         if self.status.operational_status == OperationalStatus.DETACHED.value:
-            self.status.operational_status = (
-                OperationalStatus.ERROR.value
-                if self.status.error_type
-                else OperationalStatus.OK.value
-            )
+            settle_operational_status(self.host)
             self.ctx.event("Attached", "host re-attached to the provisioner")
             return keep_going(0.0)
         return None
@@ -804,7 +797,7 @@ def _on(value: bool) -> str:
     return "on" if value else "off"
 
 
-_STATE_REASONS = {
+_STATE_REASONS: dict[str, str] = {
     S.UNMANAGED: "Unmanaged",
     S.REGISTERING: "Registering",
     S.INSPECTING: "InspectionStarted",
@@ -820,11 +813,7 @@ _STATE_REASONS = {
 
 
 def _state_reason(state: str) -> str:
-    return (
-        _STATE_REASONS.get(S(state), "StateChanged")
-        if state in S._value2member_map_
-        else ("StateChanged")
-    )
+    return _STATE_REASONS.get(state, "StateChanged")
 
 
 def _error_reason(error_type: ErrorType) -> str:

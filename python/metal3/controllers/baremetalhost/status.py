@@ -27,15 +27,17 @@ from metal3.api.meta import Condition
 MAX_BACKOFF_EXPONENT = 10
 
 # States whose time is recorded in status.operationHistory, by the history field.
-HISTORY_FIELD = {
+HISTORY_FIELD: dict[str, str] = {
     S.REGISTERING: "register",
     S.INSPECTING: "inspect",
     S.PROVISIONING: "provision",
     S.DEPROVISIONING: "deprovision",
 }
-STEADY_STATES = frozenset({S.AVAILABLE, S.READY, S.PROVISIONED, S.EXTERNALLY_PROVISIONED})
-BUSY_STATES = frozenset({S.INSPECTING, S.PROVISIONING, S.DEPROVISIONING})
-TRANSITIONAL_REASONS = {
+STEADY_STATES: frozenset[str] = frozenset(
+    {S.AVAILABLE, S.READY, S.PROVISIONED, S.EXTERNALLY_PROVISIONED}
+)
+BUSY_STATES: frozenset[str] = frozenset({S.INSPECTING, S.PROVISIONING, S.DEPROVISIONING})
+TRANSITIONAL_REASONS: dict[str, str] = {
     S.REGISTERING: "Registering",
     S.INSPECTING: "Inspecting",
     S.PREPARING: "Preparing",
@@ -84,6 +86,14 @@ def state_of(host: BareMetalHost) -> str:
     return status.provisioning.state or S.NONE.value
 
 
+def settle_operational_status(host: BareMetalHost) -> None:
+    """Back from delayed or detached: error if an error is recorded, else OK."""
+    status = ensure_status(host)
+    status.operational_status = (
+        OperationalStatus.ERROR.value if status.error_type else OperationalStatus.OK.value
+    )
+
+
 def set_error(host: BareMetalHost, error_type: ErrorType, message: str) -> None:
     """Record a failed operation: type, message, one more in the count; status error."""
     status = ensure_status(host)
@@ -124,7 +134,7 @@ def _history(host: BareMetalHost) -> OperationHistory:
 
 
 def record_state_begin(host: BareMetalHost, state: str, when: str) -> None:
-    field = HISTORY_FIELD.get(S(state)) if state in S._value2member_map_ else None
+    field = HISTORY_FIELD.get(state)
     if field is None:
         return
     history = _history(host)
@@ -135,7 +145,7 @@ def record_state_begin(host: BareMetalHost, state: str, when: str) -> None:
 
 def record_state_end(host: BareMetalHost, state: str, when: str) -> float | None:
     """Close the state's open history entry; returns its duration in seconds, if one was open."""
-    field = HISTORY_FIELD.get(S(state)) if state in S._value2member_map_ else None
+    field = HISTORY_FIELD.get(state)
     if field is None:
         return None
     metric: OperationMetric | None = getattr(_history(host), field)
@@ -156,7 +166,7 @@ def _condition(
 def desired_conditions(host: BareMetalHost) -> list[tuple[str, str, str, str]]:
     """(type, status, reason, message) of every condition, from the host as it now is."""
     status = ensure_status(host)
-    state = S(state_of(host)) if state_of(host) in S._value2member_map_ else S.NONE
+    state = state_of(host)
     error_type = status.error_type or ""
     online = bool(host.spec and host.spec.online)
     detached = status.operational_status == OperationalStatus.DETACHED.value

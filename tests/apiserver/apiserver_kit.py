@@ -10,7 +10,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client, config
+
+from debian_packages import unpacked
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_CRD: dict[str, Any] = {
@@ -264,21 +265,8 @@ def old_kubectl() -> str:
     system = shutil.which("kubectl", path="/usr/bin")
     if system and _kubectl_version(system).startswith("v1.20."):
         return system
-    cache = Path(sys.prefix) / "kubectl-debian"
-    binary = cache / "usr" / "bin" / "kubectl"
-    if not binary.exists():
-        with tempfile.TemporaryDirectory() as tmp:
-            download = ["apt-get", "download", "kubernetes-client"]
-            done = subprocess.run(download, cwd=tmp, capture_output=True, timeout=300)
-            if done.returncode != 0 and os.geteuid() == 0:  # empty package lists: refresh once
-                subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=300)
-                done = subprocess.run(download, cwd=tmp, capture_output=True, timeout=300)
-            assert done.returncode == 0, done.stderr.decode(errors="replace")
-            debs = list(Path(tmp).glob("kubernetes-client_*.deb"))
-            assert debs, "apt-get download kubernetes-client produced no package"
-            cache.mkdir(parents=True, exist_ok=True)
-            subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(cache)], check=True, timeout=120)
-    return str(binary)
+    root = unpacked("kubectl-debian", ["kubernetes-client"], "usr/bin/kubectl")
+    return str(root / "usr" / "bin" / "kubectl")
 
 
 def raw(

@@ -1,28 +1,27 @@
 """One-pass image streaming against the ceilings of this machine and against the IPA path.
 
-A GPT disk holding an ext4 filesystem of real files (random and text) is served over HTTP on
-127.0.0.1 in each format; we stream it with sha256 verification onto a loop device (a regular
-file when loop devices are unavailable). In the same run we measure the ceilings (one HTTP
-stream, sha256 with SHA extensions, large writes to the target) and the baselines (the IPA
-path: download with hashing to tmpfs, then `qemu-img convert` with IPA's flags; `qemu-img
-convert -W` of the local compressed files). Figures and ratios are printed at the end and kept
-in each benchmark's extra_info. Full mode: a 4 GiB-virtual disk with ~2.1 GB of data
-(`./dev bench`); quick mode (METAL3_BENCH_QUICK=1): a 64 MiB disk, seconds in all.
+A GPT disk holding an ext4 filesystem of real files (random and text) is served by nginx on
+127.0.0.1 in each format; we stream it with sha256 verification onto a loop device in direct-I/O
+mode (a buffered loop device is measured beside it). In the same run we measure the ceilings
+(one HTTP stream, sha256 with SHA extensions, large O_DIRECT writes to the target) and the
+baselines (the IPA path: download with hashing to tmpfs, then `qemu-img convert` with IPA's
+flags; `qemu-img convert` reading the URL; `qemu-img convert -W` of the local files).
+Figures and ratios are printed at the end and kept in each benchmark's extra_info. Full mode:
+a 4 GiB-virtual disk with ~2.1 GB of data (`./dev bench`); quick mode (METAL3_BENCH_QUICK=1): a
+64 MiB disk, seconds in all.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import http.server
 import json
 import mmap
 import os
 import random
 import shutil
+import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -150,59 +149,70 @@ def _data_bytes(path: Path, fmt: str) -> int:
     return sum(e["length"] for e in json.loads(out) if e["data"] and not e.get("zero", False))
 
 
+NGINX_CONF = """
+daemon off;
+master_process off;
+worker_processes 1;
+error_log {run}/error.log;
+pid {run}/nginx.pid;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    default_type application/octet-stream;
+    client_body_temp_path {run}/body;
+    proxy_temp_path {run}/proxy;
+    fastcgi_temp_path {run}/fastcgi;
+    uwsgi_temp_path {run}/uwsgi;
+    scgi_temp_path {run}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+    }}
+}}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @pytest.fixture(scope="module")
-def base_url(disk: Disk) -> Iterator[str]:
-    root = disk.root
+def base_url(disk: Disk, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The images served by nginx (Debian's, unpacked), as a deployment would serve them:
+    every client (ours, the IPA path, qemu-img's many range requests) meets the same server."""
+    from debian_packages import unpacked
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        """Files under the disk's root, with HEAD and single byte ranges (qemu's curl driver
-        needs both)."""
-
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-        def _head(self) -> tuple[Path, int, int] | None:
-            path = root / self.path.lstrip("/")
-            if not path.is_file():
-                self.send_error(404)
-                return None
-            size = path.stat().st_size
-            start, end = 0, size - 1
-            spec = self.headers.get("Range", "")
-            if spec.startswith("bytes="):
-                first, _, last = spec[6:].partition("-")
-                start, end = int(first), min(int(last) if last else size - 1, size - 1)
-                self.send_response(206)
-                self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-            else:
-                self.send_response(200)
-            self.send_header("Accept-Ranges", "bytes")
-            self.send_header("Content-Length", str(end - start + 1))
-            self.end_headers()
-            return path, start, end - start + 1
-
-        def do_HEAD(self) -> None:
-            self._head()
-
-        def do_GET(self) -> None:
-            head = self._head()
-            if head is None:
-                return
-            path, start, length = head
-            self.wfile.flush()
-            with path.open("rb") as f, contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                self.connection.sendfile(f, start, length)
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    nginx = unpacked("nginx-debian", ["nginx"], "usr/sbin/nginx") / "usr" / "sbin" / "nginx"
+    run = tmp_path_factory.mktemp("nginx")
+    for attempt in range(5):
+        port = _free_port()
+        conf = run / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(run=run, port=port, root=disk.root))
+        proc = subprocess.Popen(
+            [str(nginx), "-p", str(run), "-c", str(conf)], stderr=subprocess.DEVNULL
+        )
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            if proc.poll() is not None:
+                break  # the port was taken meanwhile: try another
+            try:
+                with urllib.request.urlopen(f"{url}/disk.raw.gz", timeout=1) as r:
+                    r.read(1)
+                break
+            except OSError:
+                time.sleep(0.05)
+        if proc.poll() is None:
+            try:
+                yield url
+            finally:
+                proc.terminate()
+                proc.wait(10)
+            return
+        assert attempt < 4, (run / "error.log").read_text()
 
 
 @dataclass

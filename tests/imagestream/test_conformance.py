@@ -168,6 +168,39 @@ def test_target_too_small_is_refused_before_writing(images: ImageSet, tmp_path: 
     assert disk.read_bytes() == b"\x77" * (image.virtual_size - 512)
 
 
+@pytest.mark.parametrize("name", ["raw-gz", "raw-xz", "raw-zst"])
+@pytest.mark.parametrize("over_http", [False, True])
+def test_compressed_raw_too_big_is_refused_before_writing(
+    images: ImageSet, http_server: Server, tmp_path: Path, name: str, over_http: bool
+) -> None:
+    """gzip and xz record their size at the end, zstd at the start: read before writing."""
+    image = images.images[name]
+    disk = tmp_path / "small"
+    disk.write_bytes(b"\x77" * (image.virtual_size - 4096))
+    source = http_server.url(image.path.name) if over_http else str(image.path)
+    before = len(http_server.gets(image.path.name))
+    with pytest.raises(imagestream.TargetError, match="less than the image's virtual size"):
+        imagestream.write(source, disk)
+    assert disk.read_bytes() == b"\x77" * (image.virtual_size - 4096)
+    if over_http and name != "raw-zst":
+        # The stream, then the small range requests for the trailer (xz: footer and index).
+        gets = http_server.gets(image.path.name)[before:]
+        assert gets[0] is None
+        assert len(gets) == (3 if name == "raw-xz" else 2)
+        assert all(g is not None and g.startswith("bytes=") for g in gets[1:])
+
+
+def test_compressed_raw_that_fits_reports_its_trailer_reads(
+    images: ImageSet, http_server: Server, tmp_path: Path
+) -> None:
+    image = images.images["raw-xz"]
+    disk = tmp_path / "exact"
+    disk.write_bytes(b"\x77" * image.virtual_size)
+    result = imagestream.write(http_server.url(image.path.name), disk)
+    assert result.range_requests == 2
+    assert sha256_file(disk) == image.reference_sha256
+
+
 def test_info_reports_formats(images: ImageSet, http_server: Server) -> None:
     q = imagestream.info(str(images.images["qcow2-zstd"].path))
     assert (q.format, q.compression, q.cluster_size) == ("qcow2", "zstd", 65536)
@@ -181,5 +214,11 @@ def test_info_reports_formats(images: ImageSet, http_server: Server) -> None:
     assert ext.extended_l2
     xz = imagestream.info(str(images.images["raw-xz"].path))
     assert (xz.format, xz.inner_format, xz.compression) == ("xz", "raw", "xz")
+    # The size comes from the xz index at the end of the file (locally, or by range requests).
+    assert xz.virtual_size == images.images["raw-xz"].virtual_size
+    xz_http = imagestream.info(http_server.url(images.images["raw-xz"].path.name))
+    assert xz_http.virtual_size == images.images["raw-xz"].virtual_size
+    gz = imagestream.info(str(images.images["raw-gz"].path))
+    assert gz.virtual_size is None, "gzip records the size only modulo 2**32: not reported"
     raw = imagestream.info(str(images.raw))
     assert (raw.format, raw.virtual_size) == ("raw", images.raw.stat().st_size)

@@ -4,6 +4,7 @@
 //! progress callbacks and cancellation. The work lives in the modules below.
 
 pub mod checksum;
+pub mod container_size;
 pub mod error;
 mod http_plain;
 pub mod pipeline;

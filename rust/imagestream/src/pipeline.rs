@@ -14,6 +14,7 @@ use std::thread::{self, JoinHandle};
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::checksum::{Algorithm, Hasher};
+use crate::container_size;
 use crate::error::{invalid, source, stopped, truncated, unsupported, Error, ErrorKind, Result};
 use crate::qcow2::{self, inflate_cluster};
 use crate::sink::{BatchWriter, Target};
@@ -565,13 +566,6 @@ fn decode_stream(
             out
         }
         Format::Gzip | Format::Xz | Format::Zstd => {
-            let hint = if format == Format::Zstd {
-                zstd::zstd_safe::get_frame_content_size(&first)
-                    .ok()
-                    .flatten()
-            } else {
-                None
-            };
             let name = format.name();
             let mut reader: Box<dyn Read + '_> = match format {
                 Format::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&mut *input)),
@@ -618,9 +612,25 @@ fn decode_stream(
                 decoded.peak_buffered = stats.peak_buffered;
                 out
             } else {
-                // A zstd frame may declare its size: a lower bound of the image, checked early.
-                if let (Some(h), Some(t)) = (hint, stages.target.as_ref()) {
-                    t.check_capacity(h)?;
+                // What the container declares of its size, checked before anything is written.
+                if let Some(t) = stages.target.as_ref().filter(|t| t.capacity.is_some()) {
+                    let declared = match (format, total) {
+                        (Format::Zstd, _) => container_size::zstd_declared(&first),
+                        (_, Some(len)) => {
+                            let mut counted = CountedRanges {
+                                inner: ranges,
+                                count: 0,
+                            };
+                            let size =
+                                container_size::from_tail(format == Format::Xz, len, &mut counted);
+                            decoded.range_requests += counted.count;
+                            size
+                        }
+                        _ => None,
+                    };
+                    if let Some(size) = declared {
+                        t.check_capacity(size)?;
+                    }
                 }
                 let mut out = stages.start(None, false)?;
                 decoded.virtual_size = copy_raw(&mut next, &mut out)?;
@@ -793,6 +803,19 @@ pub fn run(
     })
 }
 
+/// Counts the range requests made through it (reported in the outcome).
+struct CountedRanges<'a> {
+    inner: &'a mut dyn RangeFetch,
+    count: u64,
+}
+
+impl RangeFetch for CountedRanges<'_> {
+    fn fetch(&mut self, offset: u64, len: u64) -> Result<Option<Vec<u8>>> {
+        self.count += 1;
+        self.inner.fetch(offset, len)
+    }
+}
+
 struct CancelAware<'a, 'b> {
     inner: &'a mut &'b mut dyn RangeFetch,
     cancel: Arc<AtomicBool>,
@@ -855,11 +878,11 @@ pub fn probe(src: &Source) -> Result<Info> {
         Format::Raw | Format::Auto => info.virtual_size = opened.length,
         Format::Gzip | Format::Xz | Format::Zstd => {
             info.compression = Some(format.name().to_string());
-            if format == Format::Zstd {
-                info.virtual_size = zstd::zstd_safe::get_frame_content_size(&head)
-                    .ok()
-                    .flatten();
-            }
+            info.virtual_size = match (format, opened.length) {
+                (Format::Zstd, _) => container_size::zstd_declared(&head),
+                (Format::Xz, Some(len)) => container_size::xz_size(len, &mut *src.ranges()?),
+                _ => None,
+            };
             let cursor = std::io::Cursor::new(head);
             let mut reader: Box<dyn Read> = match format {
                 Format::Gzip => Box::new(flate2::read::MultiGzDecoder::new(cursor)),

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A short coverage-guided fuzz run of the qcow2 decoder (rust/imagestream/fuzz). cargo-fuzz
 # needs nightly features; the stable toolchain allows them with RUSTC_BOOTSTRAP=1.
-# FUZZ_SECONDS (default 45) sets the fuzzing time; seeds are small qcow2 images made by qemu-img.
+# FUZZ_SECONDS (default 45) sets the fuzzing time; seeds are small qcow2 images made by qemu-img
+# and small xz and gzip files (the same target reads their trailers).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT/rust/imagestream/fuzz"
@@ -33,6 +34,10 @@ if [[ -z "$(ls -A "$corpus")" ]]; then
         i=$((i + 1))
     done
 fi
+
+# Seeds for the gzip and xz trailer readers.
+[[ -e "$corpus/seed-xz" ]] || { printf '\x07\x01'; seq 1 4000 | xz -0; } > "$corpus/seed-xz"
+[[ -e "$corpus/seed-gz" ]] || { printf '\x07\x01'; seq 1 4000 | gzip -1; } > "$corpus/seed-gz"
 
 # Address sanitizer when the toolchain has its runtime, plain instrumentation otherwise.
 sanitizer=address

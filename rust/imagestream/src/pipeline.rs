@@ -16,7 +16,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use crate::checksum::{Algorithm, Hasher};
 use crate::container_size;
 use crate::error::{invalid, source, stopped, truncated, unsupported, Error, ErrorKind, Result};
-use crate::qcow2::{self, inflate_cluster};
+use crate::qcow2::{self, Inflater};
 use crate::sink::{BatchWriter, Target};
 use crate::source::Source;
 use crate::stream::{Block, BlockPool, Chunk, CompressedJob, NoRanges, Output, RangeFetch};
@@ -27,6 +27,8 @@ pub const CHUNK: usize = 4 << 20;
 /// Default bound on bytes a qcow2 layout may make us hold back.
 pub const DEFAULT_MAX_BUFFER: u64 = 32 << 20;
 const QUEUE: usize = 3;
+/// Bound of a batch of compressed clusters, counting their compressed and inflated bytes.
+const JOB_BATCH_BYTES: usize = 2 << 20;
 
 /// Image container formats, as detected or forced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,7 +250,7 @@ impl Output for PipeOut {
         self.pending_bytes += job.data.len() + job.out_len;
         self.pending_jobs.push(job);
         // Batches bounded in bytes too: with 2 MiB clusters 64 jobs would be 128 MiB.
-        if self.pending_jobs.len() >= 64 || self.pending_bytes >= 1 << 20 {
+        if self.pending_jobs.len() >= 64 || self.pending_bytes >= JOB_BATCH_BYTES {
             self.flush()?;
         }
         Ok(())
@@ -381,18 +383,20 @@ impl Stages {
         let mut jobs = None;
         if compressed_clusters {
             let (jtx, jrx) = bounded::<Vec<CompressedJob>>(QUEUE);
+            // A batch passes its bound by at most one cluster.
+            let most = JOB_BATCH_BYTES + (1 << qcow2::MAX_CLUSTER_BITS);
+            let blocks = Arc::new(BlockPool::new(most, QUEUE));
             for _ in 0..self.workers.max(1) {
                 let jrx = jrx.clone();
                 let wtx = wtx.clone();
                 let failure = self.failure.clone();
+                let blocks = blocks.clone();
                 self.pool.push(thread::spawn(move || {
                     let res = (|| -> Result<()> {
+                        let mut inflater = Inflater::new();
                         for batch in jrx.iter() {
-                            for job in batch {
-                                let data = inflate_cluster(&job)?;
-                                wtx.send(WriterMsg::Owned(job.guest, data))
-                                    .map_err(|_| stopped("writer stopped"))?;
-                            }
+                            let msg = inflate_batch(&mut inflater, &blocks, &batch)?;
+                            wtx.send(msg).map_err(|_| stopped("writer stopped"))?;
                         }
                         Ok(())
                     })();
@@ -411,6 +415,38 @@ impl Stages {
             pending_bytes: 0,
         })
     }
+}
+
+/// Inflates a batch of compressed clusters into aligned blocks, one per run of clusters that
+/// follow each other on the disk, so the writer gets few large O_DIRECT writes and no copy.
+fn inflate_batch(
+    inflater: &mut Inflater,
+    blocks: &BlockPool,
+    batch: &[CompressedJob],
+) -> Result<WriterMsg> {
+    let mut slices = Vec::new();
+    let mut i = 0;
+    while i < batch.len() {
+        let first = &batch[i];
+        let cs = first.cluster_size;
+        let mut run = 1;
+        while i + run < batch.len() {
+            let next = &batch[i + run];
+            let whole = first.out_len == cs && next.cluster_size == cs && next.out_len == cs;
+            if !whole || next.guest != first.guest + (run * cs) as u64 {
+                break;
+            }
+            run += 1;
+        }
+        let mut block = blocks.take(run * cs);
+        for (k, job) in batch[i..i + run].iter().enumerate() {
+            inflater.inflate_into(job, &mut block[k * cs..(k + 1) * cs])?;
+        }
+        let len = if run == 1 { first.out_len } else { run * cs };
+        slices.push((first.guest, Arc::new(block), 0..len));
+        i += run;
+    }
+    Ok(WriterMsg::Slices(slices))
 }
 
 struct Decoded {

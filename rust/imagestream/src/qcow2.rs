@@ -12,6 +12,9 @@ use std::collections::BTreeMap;
 use crate::error::{corrupt, layout, truncated, unsupported, Result};
 use crate::stream::{Chunk, ClusterCompression, CompressedJob, Output, RangeFetch};
 
+/// The largest cluster qcow2 allows: 2 MiB.
+pub const MAX_CLUSTER_BITS: u32 = 21;
+
 pub const MAGIC: &[u8; 4] = b"QFI\xfb";
 /// Bytes the header parser needs to see (v3 header with the compression type byte, padded).
 pub const HEADER_PEEK: usize = 112;
@@ -89,7 +92,7 @@ pub fn parse_header(b: &[u8]) -> Result<Header> {
         ));
     }
     let cluster_bits = be32(b, 20);
-    if !(9..=21).contains(&cluster_bits) {
+    if !(9..=MAX_CLUSTER_BITS).contains(&cluster_bits) {
         return Err(corrupt(format!(
             "qcow2 header: cluster_bits {cluster_bits} outside 9..21 (512 B to 2 MiB)"
         )));
@@ -890,74 +893,116 @@ fn kind_name(kind: Kind) -> &'static str {
     }
 }
 
-/// Inflates one compressed cluster to exactly `cluster_size` bytes.
+/// Inflates one compressed cluster to exactly `cluster_size` bytes (see `Inflater`).
 pub fn inflate_cluster(job: &CompressedJob) -> Result<Vec<u8>> {
-    let cs = job.cluster_size;
-    let mut out = vec![0u8; cs];
-    let where_ = || format!("compressed cluster at guest offset {:#x}", job.guest);
-    match job.compression {
-        ClusterCompression::Zlib => {
-            let mut d = flate2::Decompress::new(false);
-            let status = d
-                .decompress(&job.data, &mut out, flate2::FlushDecompress::Finish)
-                .map_err(|e| corrupt(format!("{}: bad deflate data: {e}", where_())))?;
-            let produced = d.total_out() as usize;
-            if produced < cs {
-                return Err(corrupt(format!(
-                    "{}: inflates to {produced} bytes, less than its cluster ({cs})",
-                    where_()
-                )));
-            }
-            if status != flate2::Status::StreamEnd {
-                let mut extra = [0u8; 1];
-                let used = d.total_in() as usize;
-                // Errors here are padding after a full cluster; only extra output matters.
-                let _ = d.decompress(
-                    &job.data[used..],
-                    &mut extra,
-                    flate2::FlushDecompress::Finish,
-                );
-                if d.total_out() as usize > cs {
+    Inflater::new().inflate(job)
+}
+
+/// Decompression state kept across clusters: one per worker thread. Creating a zlib or zstd
+/// context per 64 KiB cluster (window allocation and setup) costs as much as inflating it.
+pub struct Inflater {
+    zlib: flate2::Decompress,
+    zstd: Option<zstd::stream::raw::Decoder<'static>>,
+}
+
+impl Default for Inflater {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Inflater {
+    pub fn new() -> Inflater {
+        Inflater {
+            zlib: flate2::Decompress::new(false),
+            zstd: None,
+        }
+    }
+
+    /// Inflates one compressed cluster to exactly `cluster_size` bytes, and returns the first
+    /// `out_len` of them.
+    pub fn inflate(&mut self, job: &CompressedJob) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; job.cluster_size];
+        self.inflate_into(job, &mut out)?;
+        out.truncate(job.out_len);
+        Ok(out)
+    }
+
+    /// Inflates one compressed cluster into `out`, which is exactly `cluster_size` bytes; an
+    /// error unless the data inflates to exactly that.
+    pub fn inflate_into(&mut self, job: &CompressedJob, out: &mut [u8]) -> Result<()> {
+        let cs = job.cluster_size;
+        debug_assert_eq!(out.len(), cs);
+        let where_ = || format!("compressed cluster at guest offset {:#x}", job.guest);
+        // Whether anything would come out past the cluster, found by asking for one more byte.
+        let overflows = match job.compression {
+            ClusterCompression::Zlib => {
+                let d = &mut self.zlib;
+                d.reset(false);
+                let status = d
+                    .decompress(&job.data, out, flate2::FlushDecompress::Finish)
+                    .map_err(|e| corrupt(format!("{}: bad deflate data: {e}", where_())))?;
+                let produced = d.total_out() as usize;
+                if produced < cs {
                     return Err(corrupt(format!(
-                        "{}: inflates past its cluster ({cs} bytes)",
+                        "{}: inflates to {produced} bytes, less than its cluster ({cs})",
                         where_()
                     )));
                 }
-            }
-        }
-        ClusterCompression::Zstd => {
-            use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
-            let mut dec = Decoder::new().map_err(|e| corrupt(format!("zstd: {e}")))?;
-            let mut big = vec![0u8; cs + 1];
-            let mut input = InBuffer::around(&job.data);
-            let mut output = OutBuffer::around(&mut big[..]);
-            loop {
-                let before = (input.pos(), output.pos());
-                let hint = dec
-                    .run(&mut input, &mut output)
-                    .map_err(|e| corrupt(format!("{}: bad zstd data: {e}", where_())))?;
-                if hint == 0 || output.pos() > cs || (input.pos(), output.pos()) == before {
-                    break;
+                status != flate2::Status::StreamEnd && {
+                    let used = d.total_in() as usize;
+                    // Errors here are sector padding after a full cluster: only output counts.
+                    let mut extra = [0u8; 1];
+                    let _ = d.decompress(
+                        &job.data[used..],
+                        &mut extra,
+                        flate2::FlushDecompress::Finish,
+                    );
+                    d.total_out() as usize > cs
                 }
             }
-            let produced = output.pos();
-            if produced > cs {
-                return Err(corrupt(format!(
-                    "{}: inflates past its cluster ({cs} bytes)",
-                    where_()
-                )));
+            ClusterCompression::Zstd => {
+                use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
+                let bad = |e: std::io::Error| corrupt(format!("{}: bad zstd data: {e}", where_()));
+                let dec = match &mut self.zstd {
+                    Some(d) => {
+                        d.reinit().map_err(bad)?;
+                        d
+                    }
+                    None => self.zstd.insert(Decoder::new().map_err(bad)?),
+                };
+                let mut input = InBuffer::around(&job.data);
+                let mut output = OutBuffer::around(out);
+                let mut hint = 1;
+                while hint != 0 && output.pos() < cs {
+                    let before = (input.pos(), output.pos());
+                    hint = dec.run(&mut input, &mut output).map_err(bad)?;
+                    if (input.pos(), output.pos()) == before {
+                        break;
+                    }
+                }
+                let produced = output.pos();
+                if produced < cs {
+                    return Err(corrupt(format!(
+                        "{}: inflates to {produced} bytes, less than its cluster ({cs})",
+                        where_()
+                    )));
+                }
+                hint != 0 && {
+                    let mut extra = [0u8; 1];
+                    let mut more = OutBuffer::around(&mut extra[..]);
+                    dec.run(&mut input, &mut more).is_ok() && more.pos() > 0
+                }
             }
-            if produced < cs {
-                return Err(corrupt(format!(
-                    "{}: inflates to {produced} bytes, less than its cluster ({cs})",
-                    where_()
-                )));
-            }
-            out.copy_from_slice(&big[..cs]);
+        };
+        if overflows {
+            return Err(corrupt(format!(
+                "{}: inflates past its cluster ({cs} bytes)",
+                where_()
+            )));
         }
+        Ok(())
     }
-    out.truncate(job.out_len);
-    Ok(out)
 }
 
 /// Decodes a whole qcow2 image held in memory into its raw content, feeding it in pieces of

@@ -1,7 +1,7 @@
 //! What the format decoders hand to the rest of the pipeline, and what they may ask of the source.
 
 use std::io::Read;
-use std::ops::{Deref, Range};
+use std::ops::{Deref, DerefMut, Range};
 use std::sync::Arc;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -86,6 +86,12 @@ impl Deref for Block {
     }
 }
 
+impl DerefMut for Block {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.storage[self.start..self.end]
+    }
+}
+
 /// Recycles the storage of blocks read from the source: the same few megabytes go round the
 /// pipeline instead of a fresh allocation (page faults, kernel zeroing) per block.
 pub struct BlockPool {
@@ -103,12 +109,33 @@ impl BlockPool {
 
     /// Like `Block::read_from`, with recycled storage.
     pub fn read(&self, r: &mut dyn Read) -> std::io::Result<Block> {
+        Block::fill(self.storage(), r, self.max, Some(self.tx.clone()))
+    }
+
+    /// An aligned block of `len` bytes (at most the pool's block size) for the caller to fill:
+    /// its content is whatever the recycled storage held.
+    pub fn take(&self, len: usize) -> Block {
+        assert!(
+            len <= self.max,
+            "block of {len} bytes from a pool of {}",
+            self.max
+        );
+        let storage = self.storage();
+        let start = storage.as_ptr().align_offset(BLOCK_ALIGN).min(BLOCK_ALIGN);
+        Block {
+            storage,
+            start,
+            end: start + len,
+            pool: Some(self.tx.clone()),
+        }
+    }
+
+    fn storage(&self) -> Vec<u8> {
         let want = self.max + BLOCK_ALIGN;
-        let storage = match self.rx.try_recv() {
+        match self.rx.try_recv() {
             Ok(v) if v.len() == want => v,
             _ => vec![0u8; want],
-        };
-        Block::fill(storage, r, self.max, Some(self.tx.clone()))
+        }
     }
 }
 

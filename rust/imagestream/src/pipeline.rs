@@ -28,7 +28,7 @@ pub const CHUNK: usize = 4 << 20;
 pub const DEFAULT_MAX_BUFFER: u64 = 32 << 20;
 const QUEUE: usize = 3;
 /// Bound of a batch of compressed clusters, counting their compressed and inflated bytes.
-const JOB_BATCH_BYTES: usize = 2 << 20;
+const JOB_BATCH_BYTES: usize = 1 << 20;
 
 /// Image container formats, as detected or forced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -347,7 +347,13 @@ struct Stages {
 }
 
 impl Stages {
-    fn start(&mut self, virtual_size: Option<u64>, compressed_clusters: bool) -> Result<PipeOut> {
+    /// `compressed_clusters` is the cluster size of a qcow2 image, whose compressed clusters
+    /// go to a pool of inflating workers.
+    fn start(
+        &mut self,
+        virtual_size: Option<u64>,
+        compressed_clusters: Option<usize>,
+    ) -> Result<PipeOut> {
         let target = self.target.take().expect("started once");
         if let Some(v) = virtual_size {
             target.check_capacity(v)?;
@@ -381,11 +387,11 @@ impl Stages {
             }
         }));
         let mut jobs = None;
-        if compressed_clusters {
+        if let Some(cluster_size) = compressed_clusters {
             let (jtx, jrx) = bounded::<Vec<CompressedJob>>(QUEUE);
-            // A batch passes its bound by at most one cluster.
-            let most = JOB_BATCH_BYTES + (1 << qcow2::MAX_CLUSTER_BITS);
-            let blocks = Arc::new(BlockPool::new(most, QUEUE));
+            // A batch passes its bound by at most one cluster. Blocks are sized for this image:
+            // the allocator may zero all of a block, so a larger one costs memory even unused.
+            let blocks = Arc::new(BlockPool::new(JOB_BATCH_BYTES + cluster_size, QUEUE));
             for _ in 0..self.workers.max(1) {
                 let jrx = jrx.clone();
                 let wtx = wtx.clone();
@@ -467,7 +473,7 @@ fn decode_qcow2(
 ) -> Result<(u64, qcow2::Stats, PipeOut)> {
     let mut dec = qcow2::Decoder::new(first, total, max_buffer)?;
     let vsize = dec.header().virtual_size;
-    let mut out = stages.start(Some(vsize), true)?;
+    let mut out = stages.start(Some(vsize), Some(dec.header().cluster_size as usize))?;
     while let Some(chunk) = input()? {
         dec.feed(&chunk, &mut out, ranges)?;
         out.flush()?;
@@ -482,7 +488,7 @@ fn decode_raw(
     size_hint: Option<u64>,
     stages: &mut Stages,
 ) -> Result<(u64, PipeOut)> {
-    let mut out = stages.start(size_hint, false)?;
+    let mut out = stages.start(size_hint, None)?;
     let pos = copy_raw(input, &mut out)?;
     Ok((pos, out))
 }
@@ -668,7 +674,7 @@ fn decode_stream(
                         t.check_capacity(size)?;
                     }
                 }
-                let mut out = stages.start(None, false)?;
+                let mut out = stages.start(None, None)?;
                 decoded.virtual_size = copy_raw(&mut next, &mut out)?;
                 out
             }

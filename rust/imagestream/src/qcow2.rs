@@ -12,9 +12,6 @@ use std::collections::BTreeMap;
 use crate::error::{corrupt, layout, truncated, unsupported, Result};
 use crate::stream::{Chunk, ClusterCompression, CompressedJob, Output, RangeFetch};
 
-/// The largest cluster qcow2 allows: 2 MiB.
-pub const MAX_CLUSTER_BITS: u32 = 21;
-
 pub const MAGIC: &[u8; 4] = b"QFI\xfb";
 /// Bytes the header parser needs to see (v3 header with the compression type byte, padded).
 pub const HEADER_PEEK: usize = 112;
@@ -92,7 +89,7 @@ pub fn parse_header(b: &[u8]) -> Result<Header> {
         ));
     }
     let cluster_bits = be32(b, 20);
-    if !(9..=MAX_CLUSTER_BITS).contains(&cluster_bits) {
+    if !(9..=21).contains(&cluster_bits) {
         return Err(corrupt(format!(
             "qcow2 header: cluster_bits {cluster_bits} outside 9..21 (512 B to 2 MiB)"
         )));

@@ -190,6 +190,18 @@ def test_compressed_raw_too_big_is_refused_before_writing(
         assert all(g is not None and g.startswith("bytes=") for g in gets[1:])
 
 
+def test_gzip_without_range_support_stops_at_the_target_end(
+    images: ImageSet, http_server_no_range: Server, tmp_path: Path
+) -> None:
+    """Without Range the size shows only at the end: the write stops at the target's end."""
+    image = images.images["raw-gz"]
+    disk = tmp_path / "small"
+    disk.write_bytes(b"\x77" * (image.virtual_size - 4096))
+    with pytest.raises(imagestream.TargetError, match="past the image's virtual size or the"):
+        imagestream.write(http_server_no_range.url(image.path.name), disk)
+    assert disk.stat().st_size == image.virtual_size - 4096
+
+
 def test_compressed_raw_that_fits_reports_its_trailer_reads(
     images: ImageSet, http_server: Server, tmp_path: Path
 ) -> None:

@@ -221,6 +221,11 @@ class Target:
     path: Path
     is_block: bool
 
+    @property
+    def qemu_format(self) -> str:
+        """qemu-img's output format for this target."""
+        return "host_device" if self.is_block else "raw"
+
 
 def _loop_device(backing: Path, direct_io: bool) -> str | None:
     args = ["losetup", "-f", "--show", *(["--direct-io=on"] if direct_io else []), str(backing)]
@@ -402,8 +407,8 @@ def test_qemu_img_url(disk: Disk, base_url: str, target: Target) -> None:
     """Baseline: `qemu-img convert` reading the URL itself (Range requests; no checksum)."""
     url = f"{base_url}/{disk.files['qcow2-64k'].name}"
     qemu_img, env = _qemu_img_with_curl(url)
-    out_fmt = "host_device" if target.is_block else "raw"
-    command = [qemu_img, "convert", "-f", "qcow2", "-O", out_fmt, "-W", url, str(target.path)]
+    command = [qemu_img, "convert", "-f", "qcow2", "-O", target.qemu_format, "-W", url]
+    command.append(str(target.path))
     # qemu's curl driver sometimes hangs (here and under nginx): a hung run is killed, counted
     # and run again; only completed runs are timed.
     times: list[float] = []
@@ -429,7 +434,6 @@ def test_ipa_path(benchmark: Any, disk: Disk, base_url: str, target: Target) -> 
     qcow = disk.files["qcow2-64k"]
     shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else disk.root
     staged = shm / f"ipa-{os.getpid()}.qcow2"
-    out_fmt = "host_device" if target.is_block else "raw"
 
     def ipa() -> None:
         h = hashlib.sha256()
@@ -444,7 +448,7 @@ def test_ipa_path(benchmark: Any, disk: Disk, base_url: str, target: Target) -> 
             "-f",
             "qcow2",
             "-O",
-            out_fmt,
+            target.qemu_format,
             "-t",
             "directsync",
             "-S",
@@ -461,36 +465,14 @@ def test_ipa_path(benchmark: Any, disk: Disk, base_url: str, target: Target) -> 
 
 def test_qemu_img_local(benchmark: Any, disk: Disk, target: Target) -> None:
     """Baselines: `qemu-img convert -W` of the local files (no HTTP, no checksum)."""
-    out_fmt = "host_device" if target.is_block else "raw"
+
+    def convert(name: str) -> None:
+        qemu_args = ("convert", "-f", "qcow2", "-O", target.qemu_format, "-W")
+        _run("qemu-img", *qemu_args, disk.files[name], target.path)
+
     for name in ("qcow2-zlib", "qcow2-zstd"):
-        FIGURES[f"qemu_local_{name}_s"] = _best(
-            lambda n=name: _run(
-                "qemu-img",
-                "convert",
-                "-f",
-                "qcow2",
-                "-O",
-                out_fmt,
-                "-W",
-                disk.files[n],
-                target.path,
-            )
-        )
-    benchmark.pedantic(
-        lambda: _run(
-            "qemu-img",
-            "convert",
-            "-f",
-            "qcow2",
-            "-O",
-            out_fmt,
-            "-W",
-            disk.files["qcow2-64k"],
-            target.path,
-        ),
-        rounds=ROUNDS,
-        iterations=1,
-    )
+        FIGURES[f"qemu_local_{name}_s"] = _best(lambda n=name: convert(n))
+    benchmark.pedantic(lambda: convert("qcow2-64k"), rounds=ROUNDS, iterations=1)
     FIGURES["qemu_local_qcow2-64k_s"] = benchmark.stats.stats.min
 
 

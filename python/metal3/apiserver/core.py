@@ -442,10 +442,7 @@ class Core:
             raise errors.already_exists(rt.plural, rt.group, name)
         if opts.dry_run:
             return obj
-        stored = self.store.put(rt.key, obj, None)
-        if rt.key == CRD_KEY:
-            self.registry.rebuild(self.store.items(CRD_KEY))
-        return stored
+        return self._save(rt, obj, None)
 
     # -- update ------------------------------------------------------------------------------
 
@@ -599,10 +596,7 @@ class Core:
             return new
         if old_meta.get("deletionTimestamp") and not _held(rt, new):
             return self._remove(rt, new)
-        stored = self.store.put(rt.key, new, old)
-        if rt.key == CRD_KEY:
-            self.registry.rebuild(self.store.items(CRD_KEY))
-        return stored
+        return self._save(rt, new, old)
 
     # -- patch -------------------------------------------------------------------------------
 
@@ -774,10 +768,19 @@ class Core:
                     expired += 1
         return expired
 
-    def _remove(self, rt: ResourceType, obj: Obj) -> Obj:
-        gone = self.store.remove(rt.key, obj)
+    def _save(self, rt: ResourceType, new: Obj, old: Obj | None) -> Obj:
+        """Stores a created or updated object; a CRD change changes what is served."""
+        stored = self.store.put(rt.key, new, old)
+        self._crds_changed(rt)
+        return stored
+
+    def _crds_changed(self, rt: ResourceType) -> None:
         if rt.key == CRD_KEY:
             self.registry.rebuild(self.store.items(CRD_KEY))
+
+    def _remove(self, rt: ResourceType, obj: Obj) -> Obj:
+        gone = self.store.remove(rt.key, obj)
+        self._crds_changed(rt)
         self._after_removal(rt, gone)
         return gone
 

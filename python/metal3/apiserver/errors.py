@@ -64,6 +64,14 @@ def not_found(resource: str, group: str, name: str) -> ApiError:
     )
 
 
+def method_not_allowed(method: str) -> ApiError:
+    return ApiError(
+        405,
+        f"the server does not allow this method on the requested resource ({method})",
+        "MethodNotAllowed",
+    )
+
+
 def already_exists(resource: str, group: str, name: str) -> ApiError:
     return ApiError(
         409,

@@ -22,7 +22,7 @@ from metal3.apiserver.core import (
     DeleteOptions,
     WriteOptions,
 )
-from metal3.apiserver.errors import ApiError, bad_request
+from metal3.apiserver.errors import ApiError, bad_request, method_not_allowed
 from metal3.apiserver.registry import ResourceType
 from metal3.apiserver.watch import WatchParams, stream_watch
 
@@ -302,12 +302,7 @@ class ApiServer:
         core = self.core
         if rt.namespaced and namespace is None and request.method in ("POST", "DELETE"):
             # The all-namespaces path of a namespaced resource serves only list and watch.
-            raise ApiError(
-                405,
-                f"the server does not allow this method on the requested resource "
-                f"({request.method})",
-                "MethodNotAllowed",
-            )
+            raise method_not_allowed(request.method)
         if request.method == "GET":
             limit_text = request.query.get("limit", "") or "0"
             try:
@@ -373,12 +368,7 @@ class ApiServer:
                 },
             )
         else:
-            raise ApiError(
-                405,
-                f"the server does not allow this method on the requested "
-                f"resource ({request.method})",
-                "MethodNotAllowed",
-            )
+            raise method_not_allowed(request.method)
 
     def _delete_options(self, request: Request) -> DeleteOptions:
         options = DeleteOptions()
@@ -457,20 +447,11 @@ class ApiServer:
             await _respond(send, 200, core.output(rt, version, patched), opts.warnings)
         elif request.method == "DELETE":
             if subresource:
-                raise ApiError(
-                    405,
-                    "the server does not allow this method on the requested resource (DELETE)",
-                    "MethodNotAllowed",
-                )
+                raise method_not_allowed("DELETE")
             deleted = core.delete(rt, namespace, name, self._delete_options(request))
             await _respond(send, 200, core.output(rt, version, deleted))
         else:
-            raise ApiError(
-                405,
-                f"the server does not allow this method on the requested "
-                f"resource ({request.method})",
-                "MethodNotAllowed",
-            )
+            raise method_not_allowed(request.method)
 
     # -- watch -------------------------------------------------------------------------------
 

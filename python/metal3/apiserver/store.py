@@ -126,21 +126,14 @@ class Store:
         meta["resourceVersion"] = str(rv)
         namespace, name = meta.get("namespace", ""), meta["name"]
         data = orjson.dumps(obj)
-        self._db.execute("BEGIN")
-        try:
-            self._db.execute(
-                "INSERT OR REPLACE INTO objects (kind, namespace, name, rv, data)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (kind, namespace, name, rv, data),
-            )
-            change = Change(rv, "ADDED" if old is None else "MODIFIED", kind, obj, old)
-            self._log(change, data)
-            self._save_rv(rv)
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            self.rv -= 1
-            raise
+        change = Change(rv, "ADDED" if old is None else "MODIFIED", kind, obj, old)
+        self._commit(
+            "INSERT OR REPLACE INTO objects (kind, namespace, name, rv, data)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (kind, namespace, name, rv, data),
+            change,
+            data,
+        )
         self._objects.setdefault(kind, {})[(namespace, name)] = obj
         self._emit(change)
         return obj
@@ -151,23 +144,30 @@ class Store:
         namespace, name = meta.get("namespace", ""), meta["name"]
         rv = self._next_rv()
         gone = {**obj, "metadata": {**meta, "resourceVersion": str(rv)}}
+        change = Change(rv, "DELETED", kind, gone, obj)
+        self._commit(
+            "DELETE FROM objects WHERE kind = ? AND namespace = ? AND name = ?",
+            (kind, namespace, name),
+            change,
+            orjson.dumps(gone),
+        )
+        self._objects.get(kind, {}).pop((namespace, name), None)
+        self._emit(change)
+        return gone
+
+    def _commit(self, statement: str, params: tuple[Any, ...], change: Change, data: bytes) -> None:
+        """One write with its change-log entry and the new resourceVersion, in one transaction;
+        on failure nothing is kept and the resourceVersion is handed back."""
         self._db.execute("BEGIN")
         try:
-            self._db.execute(
-                "DELETE FROM objects WHERE kind = ? AND namespace = ? AND name = ?",
-                (kind, namespace, name),
-            )
-            change = Change(rv, "DELETED", kind, gone, obj)
-            self._log(change, orjson.dumps(gone))
-            self._save_rv(rv)
+            self._db.execute(statement, params)
+            self._log(change, data)
+            self._save_rv(change.rv)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             self.rv -= 1
             raise
-        self._objects.get(kind, {}).pop((namespace, name), None)
-        self._emit(change)
-        return gone
 
     def _log(self, change: Change, data: bytes) -> None:
         """Persist a change; trim the log to the history size every so often."""

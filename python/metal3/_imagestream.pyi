@@ -2,6 +2,31 @@
 
 from collections.abc import Callable
 from os import PathLike
+from typing import ClassVar, final
+
+__all__ = [
+    "DEFAULT_MAX_BUFFER",
+    "CancelToken",
+    "ChecksumError",
+    "CorruptImageError",
+    "ImageInfo",
+    "ImageStreamError",
+    "InternalError",
+    "LayoutError",
+    "SourceError",
+    "TargetDeviceError",
+    "TargetError",
+    "TargetFullError",
+    "TargetIOError",
+    "TargetPermissionError",
+    "TruncatedImageError",
+    "UnsupportedImageError",
+    "WriteCancelledError",
+    "WriteResult",
+    "__version__",
+    "info",
+    "write",
+]
 
 __version__: str
 DEFAULT_MAX_BUFFER: int
@@ -11,17 +36,27 @@ class SourceError(ImageStreamError): ...
 class TruncatedImageError(ImageStreamError): ...
 class CorruptImageError(ImageStreamError): ...
 class UnsupportedImageError(ImageStreamError): ...
-class TargetError(ImageStreamError): ...
+
+class TargetError(ImageStreamError):
+    retryable: ClassVar[bool]
+
+class TargetIOError(TargetError, OSError): ...
+class TargetFullError(TargetIOError): ...
+class TargetDeviceError(TargetIOError): ...
+class TargetPermissionError(TargetIOError, PermissionError): ...
 class ChecksumError(ImageStreamError): ...
 class LayoutError(ImageStreamError): ...
 class WriteCancelledError(ImageStreamError): ...
+class InternalError(ImageStreamError): ...
 
+@final
 class CancelToken:
     def __init__(self) -> None: ...
     def cancel(self) -> None: ...
     @property
     def cancelled(self) -> bool: ...
 
+@final
 class WriteResult:
     @property
     def format(self) -> str: ...
@@ -46,6 +81,7 @@ class WriteResult:
     @property
     def peak_buffered(self) -> int: ...
 
+@final
 class ImageInfo:
     @property
     def format(self) -> str: ...

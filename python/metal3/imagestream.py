@@ -3,6 +3,12 @@
 A thin layer over the Rust extension ``metal3._imagestream``: it adds the one rule callers must
 not get wrong. A write whose checksum did not match raises `ChecksumMismatchError` (carrying the
 result), so a returned `WriteResult` with ``verified`` true is the only "written and verified".
+
+Errors the operating system gave for the target are `TargetIOError` (a `TargetError` and an
+`OSError` with ``errno``): `TargetFullError` (ENOSPC, EDQUOT), `TargetDeviceError` (EIO, ENXIO,
+ENODEV), `TargetPermissionError` (EACCES, EPERM, EROFS; also a `PermissionError`). Every
+`TargetError` has ``retryable``, true only for a full target. `InternalError` is a bug (a
+pipeline thread panicked), never a verdict on the image.
 """
 
 from __future__ import annotations
@@ -17,9 +23,14 @@ from metal3._imagestream import (
     CorruptImageError,
     ImageInfo,
     ImageStreamError,
+    InternalError,
     LayoutError,
     SourceError,
+    TargetDeviceError,
     TargetError,
+    TargetFullError,
+    TargetIOError,
+    TargetPermissionError,
     TruncatedImageError,
     UnsupportedImageError,
     WriteCancelledError,
@@ -36,10 +47,15 @@ __all__ = [
     "CorruptImageError",
     "ImageInfo",
     "ImageStreamError",
+    "InternalError",
     "LayoutError",
     "ProgressCallback",
     "SourceError",
+    "TargetDeviceError",
     "TargetError",
+    "TargetFullError",
+    "TargetIOError",
+    "TargetPermissionError",
     "TruncatedImageError",
     "UnsupportedImageError",
     "WriteCancelledError",
@@ -103,8 +119,9 @@ def write(
 
     ``checksum`` is a hex digest or the URL of a checksum file; ``checksum_type`` is md5,
     sha256, sha512 or auto. Raises `ChecksumMismatchError` when the digest differs, other
-    `ImageStreamError` subclasses for everything else. ``verified`` on the result is true only
-    when a checksum was given and matched.
+    `ImageStreamError` subclasses for everything else (`TargetIOError` and its subclasses, with
+    ``errno``, when the target's I/O fails). ``verified`` on the result is true only when a
+    checksum was given and matched.
     """
     result = _write(
         source,

@@ -26,83 +26,167 @@ mod bindings {
     use std::time::{Duration, Instant};
 
     use pyo3::create_exception;
-    use pyo3::exceptions::PyException;
+    use pyo3::exceptions::{PyException, PyOSError, PyPermissionError};
     use pyo3::prelude::*;
+    use pyo3::sync::PyOnceLock;
+    use pyo3::types::{PyDict, PyTuple, PyType};
 
     use crate::checksum::{digest_from_file, Algorithm};
-    use crate::error::{Error, ErrorKind};
+    use crate::error::{panicked, Error, ErrorKind};
     use crate::pipeline::{self, Format, Options, Progress};
     use crate::source::{HttpOptions, Source};
     use crate::VERSION;
 
     create_exception!(
-        _imagestream,
+        metal3._imagestream,
         ImageStreamError,
         PyException,
         "Base of all image streaming errors."
     );
     create_exception!(
-        _imagestream,
+        metal3._imagestream,
         SourceError,
         ImageStreamError,
         "The source could not be read."
     );
     create_exception!(
-        _imagestream,
+        metal3._imagestream,
         TruncatedImageError,
         ImageStreamError,
         "The stream ended before the image."
     );
     create_exception!(
-        _imagestream,
+        metal3._imagestream,
         CorruptImageError,
         ImageStreamError,
         "The image is damaged or inconsistent."
     );
     create_exception!(
-        _imagestream,
+        metal3._imagestream,
         UnsupportedImageError,
         ImageStreamError,
         "The image uses something we refuse to write."
     );
     create_exception!(
-        _imagestream,
+        metal3._imagestream,
         TargetError,
         ImageStreamError,
-        "The target cannot take the image."
+        "The target cannot take the image. `retryable` says whether the same write can succeed \
+         later; subclasses that are also OSError carry the errno."
     );
     create_exception!(
-        _imagestream,
+        metal3._imagestream,
         ChecksumError,
         ImageStreamError,
         "The checksum argument is unusable."
     );
     create_exception!(
-        _imagestream,
+        metal3._imagestream,
         LayoutError,
         ImageStreamError,
         "The layout needs range requests the source cannot serve."
     );
     create_exception!(
-        _imagestream,
+        metal3._imagestream,
         WriteCancelledError,
         ImageStreamError,
         "The write was cancelled."
     );
+    create_exception!(
+        metal3._imagestream,
+        InternalError,
+        ImageStreamError,
+        "A bug in the image streamer (a pipeline thread panicked): what the target holds is unknown."
+    );
+
+    /// The target errors the operating system gave: each is a `TargetError` and an `OSError`
+    /// (with `errno`), so they are made with Python's `type()`, which takes two bases.
+    struct TargetOsErrors {
+        io: Py<PyType>,
+        full: Py<PyType>,
+        device: Py<PyType>,
+        permission: Py<PyType>,
+    }
+
+    static TARGET_OS_ERRORS: PyOnceLock<TargetOsErrors> = PyOnceLock::new();
+
+    fn target_os_errors(py: Python<'_>) -> PyResult<&'static TargetOsErrors> {
+        TARGET_OS_ERRORS.get_or_try_init(py, || {
+            let class = |name: &str,
+                         bases: &[Bound<'_, PyType>],
+                         retryable: bool,
+                         doc: &str|
+             -> PyResult<Py<PyType>> {
+                let ns = PyDict::new(py);
+                ns.set_item("__module__", "metal3._imagestream")?;
+                ns.set_item("__doc__", doc)?;
+                ns.set_item("retryable", retryable)?;
+                let bases = PyTuple::new(py, bases)?;
+                let made = py.get_type::<PyType>().call1((name, bases, ns))?;
+                Ok(made.cast_into::<PyType>()?.unbind())
+            };
+            let io = class(
+                "TargetIOError",
+                &[py.get_type::<TargetError>(), py.get_type::<PyOSError>()],
+                false,
+                "The operating system refused a read, write or flush of the target; `errno` says why.",
+            )?;
+            let full = class(
+                "TargetFullError",
+                &[io.bind(py).clone()],
+                true,
+                "The target ran out of space (ENOSPC) or quota (EDQUOT): the write can succeed \
+                 once space is freed.",
+            )?;
+            let device = class(
+                "TargetDeviceError",
+                &[io.bind(py).clone()],
+                false,
+                "The target device failed the I/O (EIO) or is gone (ENXIO, ENODEV): a dead disk.",
+            )?;
+            let permission = class(
+                "TargetPermissionError",
+                &[io.bind(py).clone(), py.get_type::<PyPermissionError>()],
+                false,
+                "The target may not be written: EACCES, EPERM (a read-only device, an immutable \
+                 file) or EROFS (a read-only filesystem).",
+            )?;
+            Ok(TargetOsErrors {
+                io,
+                full,
+                device,
+                permission,
+            })
+        })
+    }
 
     fn to_py(e: Error) -> PyErr {
         let m = e.message;
+        let os_class = |pick: fn(&TargetOsErrors) -> &Py<PyType>| {
+            Python::attach(|py| match (target_os_errors(py), e.errno) {
+                (Ok(classes), Some(errno)) => {
+                    PyErr::from_type(pick(classes).bind(py).clone(), (errno, m.clone()))
+                }
+                (Err(err), _) => err,
+                (Ok(_), None) => TargetError::new_err(m.clone()),
+            })
+        };
         match e.kind {
             ErrorKind::Source => SourceError::new_err(m),
             ErrorKind::Truncated => TruncatedImageError::new_err(m),
             ErrorKind::Corrupt => CorruptImageError::new_err(m),
             ErrorKind::Unsupported => UnsupportedImageError::new_err(m),
             ErrorKind::Target => TargetError::new_err(m),
-            ErrorKind::Checksum | ErrorKind::ChecksumMismatch => ChecksumError::new_err(m),
+            ErrorKind::TargetFull => os_class(|c| &c.full),
+            ErrorKind::TargetDevice => os_class(|c| &c.device),
+            ErrorKind::TargetPermission => os_class(|c| &c.permission),
+            ErrorKind::TargetIo => os_class(|c| &c.io),
+            ErrorKind::Checksum => ChecksumError::new_err(m),
             ErrorKind::Layout => LayoutError::new_err(m),
             ErrorKind::Cancelled => WriteCancelledError::new_err(m),
             ErrorKind::Invalid => pyo3::exceptions::PyValueError::new_err(m),
-            ErrorKind::Stopped => ImageStreamError::new_err(format!("internal: {m}")),
+            ErrorKind::Internal => InternalError::new_err(m),
+            ErrorKind::Stopped => InternalError::new_err(format!("internal error: {m}")),
         }
     }
 
@@ -274,6 +358,8 @@ mod bindings {
             assume_zeroed,
             max_buffer,
             workers: workers.clamp(1, 64),
+            #[cfg(test)]
+            hasher_panics_at: None,
         };
         let prog = Arc::new(Progress::new(flag.clone()));
         let (tx, rx) = crossbeam_channel::bounded(1);
@@ -306,8 +392,12 @@ mod bindings {
             let got = py.detach(|| rx.recv_timeout(interval));
             match got {
                 Ok(res) => break res,
+                // The pipeline thread ended without an answer: it panicked (reported below).
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                    break Err(Error::new(ErrorKind::Stopped, "pipeline thread died"))
+                    break Err(Error::new(
+                        ErrorKind::Internal,
+                        "internal error: the pipeline thread died",
+                    ))
                 }
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             }
@@ -327,7 +417,10 @@ mod bindings {
                 }
             }
         };
-        let _ = worker.join();
+        let outcome = match worker.join() {
+            Ok(()) => outcome,
+            Err(payload) => Err(panicked("pipeline", &*payload)),
+        };
         if let Some(e) = py_error {
             return Err(e);
         }
@@ -391,6 +484,13 @@ mod bindings {
         m.add("ChecksumError", py.get_type::<ChecksumError>())?;
         m.add("LayoutError", py.get_type::<LayoutError>())?;
         m.add("WriteCancelledError", py.get_type::<WriteCancelledError>())?;
+        m.add("InternalError", py.get_type::<InternalError>())?;
+        py.get_type::<TargetError>().setattr("retryable", false)?;
+        let os_errors = target_os_errors(py)?;
+        m.add("TargetIOError", os_errors.io.bind(py))?;
+        m.add("TargetFullError", os_errors.full.bind(py))?;
+        m.add("TargetDeviceError", os_errors.device.bind(py))?;
+        m.add("TargetPermissionError", os_errors.permission.bind(py))?;
         m.add_class::<CancelToken>()?;
         m.add_class::<WriteResult>()?;
         m.add_class::<ImageInfo>()?;

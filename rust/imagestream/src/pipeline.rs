@@ -15,7 +15,9 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::checksum::{Algorithm, Hasher};
 use crate::container_size;
-use crate::error::{invalid, source, stopped, truncated, unsupported, Error, ErrorKind, Result};
+use crate::error::{
+    internal, invalid, panicked, source, stopped, truncated, unsupported, Error, ErrorKind, Result,
+};
 use crate::qcow2::{self, Inflater};
 use crate::sink::{BatchWriter, Target};
 use crate::source::Source;
@@ -137,6 +139,10 @@ pub struct Options {
     pub max_buffer: u64,
     /// Threads inflating compressed clusters.
     pub workers: usize,
+    /// Fault injection for tests: the hashing thread panics before hashing chunk number N
+    /// (counted from 0), or before giving its digest when the stream has fewer chunks.
+    #[cfg(test)]
+    pub hasher_panics_at: Option<usize>,
 }
 
 impl Default for Options {
@@ -147,6 +153,8 @@ impl Default for Options {
             assume_zeroed: false,
             max_buffer: DEFAULT_MAX_BUFFER,
             workers: 2,
+            #[cfg(test)]
+            hasher_panics_at: None,
         }
     }
 }
@@ -169,7 +177,9 @@ pub struct Outcome {
     pub peak_buffered: u64,
 }
 
-/// First error wins; errors that only say "another stage stopped" are not kept.
+/// First error wins; errors that only say "another stage stopped" are not kept. A panicking
+/// thread wins over an ordinary error: what failed after it (a stream that seemed to end
+/// early, say) is only its consequence.
 #[derive(Default)]
 struct Failure {
     first: Mutex<Option<Error>>,
@@ -180,11 +190,26 @@ impl Failure {
     fn record(&self, e: Error) {
         if e.kind != ErrorKind::Stopped {
             let mut slot = self.first.lock().unwrap_or_else(|p| p.into_inner());
-            if slot.is_none() {
+            let replace = match &*slot {
+                None => true,
+                Some(prev) => e.kind == ErrorKind::Internal && prev.kind != ErrorKind::Internal,
+            };
+            if replace {
                 *slot = Some(e);
             }
         }
         self.abort.store(true, Ordering::SeqCst);
+    }
+
+    /// Records the panic of a joined thread; `Ok` values are handed back.
+    fn joined<T>(&self, thread: &str, res: thread::Result<T>) -> Option<T> {
+        match res {
+            Ok(v) => Some(v),
+            Err(payload) => {
+                self.record(panicked(thread, &*payload));
+                None
+            }
+        }
     }
 
     fn take(&self) -> Option<Error> {
@@ -706,11 +731,25 @@ pub fn run(
     let hasher = opts.checksum.as_ref().map(|(algo, _)| {
         let rx = hash_chan.as_ref().expect("channel").1.clone();
         let algo = *algo;
+        #[cfg(test)]
+        let panic_at = opts.hasher_panics_at;
         thread::spawn(move || {
             let mut h = Hasher::new(algo);
             let mut tally = Tally::default();
-            for c in rx.iter() {
+            let chunks = rx.iter();
+            #[cfg(test)]
+            let chunks = chunks.enumerate().map(|(n, c)| {
+                if panic_at == Some(n) {
+                    panic!("injected panic at chunk {n}");
+                }
+                c
+            });
+            for c in chunks {
                 tally.time(c.len() as u64, || h.update(&c));
+            }
+            #[cfg(test)]
+            if panic_at.is_some() {
+                panic!("injected panic before the digest");
             }
             tally.report("hash");
             h.hex()
@@ -812,22 +851,25 @@ pub fn run(
     let pool = std::mem::take(&mut stages.pool);
     let writer = stages.writer.take();
     drop(stages);
+    // A panicking thread is an internal error, never a short stream or a checksum mismatch.
     for h in pool {
-        let _ = h.join();
+        failure.joined("inflating", h.join());
     }
     if let Some(w) = writer {
-        let _ = w.join();
+        failure.joined("writer", w.join());
     }
-    let bytes_read = reader.join().ok().flatten();
-    let digest = hasher.map(|h| h.join().unwrap_or_default());
+    let bytes_read = failure.joined("reader", reader.join()).flatten();
+    let digest = hasher.and_then(|h| failure.joined("hashing", h.join()));
     if let Some(e) = failure.take() {
         return Err(e);
     }
     if progress.cancel.load(Ordering::Relaxed) {
         return Err(Error::new(ErrorKind::Cancelled, "cancelled"));
     }
-    let decoded = decoded.ok_or_else(|| stopped("pipeline stopped"))?;
-    let bytes_read = bytes_read.ok_or_else(|| stopped("reader stopped"))?;
+    let decoded =
+        decoded.ok_or_else(|| internal("internal error: decoding stopped without a reason"))?;
+    let bytes_read = bytes_read
+        .ok_or_else(|| internal("internal error: the reader stopped without a reason"))?;
     let expected = opts.checksum.as_ref().map(|(_, hex)| hex.clone());
     let verified = matches!((&digest, &expected), (Some(d), Some(e)) if d == e);
     Ok(Outcome {
@@ -963,6 +1005,70 @@ pub fn probe(src: &Source) -> Result<Info> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::HttpOptions;
+    use digest::Digest;
+
+    /// A raw image of three and a half chunks in a fresh folder; removed on drop.
+    struct Scratch {
+        dir: std::path::PathBuf,
+        image: Vec<u8>,
+    }
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let dir =
+                std::env::temp_dir().join(format!("imagestream-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let image: Vec<u8> = (0..CHUNK * 7 / 2).map(|i| (i % 251) as u8 | 1).collect();
+            std::fs::write(dir.join("disk.raw"), &image).unwrap();
+            Scratch { dir, image }
+        }
+
+        fn write(&self, hasher_panics_at: Option<usize>, expected: &str) -> Result<Outcome> {
+            let src = Source::new(
+                self.dir.join("disk.raw").to_str().unwrap(),
+                &HttpOptions::default(),
+            )?;
+            let opts = Options {
+                checksum: Some((Algorithm::Sha256, expected.to_string())),
+                hasher_panics_at,
+                ..Options::default()
+            };
+            let target = self.dir.join("target");
+            let _ = std::fs::remove_file(&target);
+            let progress = Arc::new(Progress::new(Arc::new(AtomicBool::new(false))));
+            run(&src, &target, &opts, progress)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    #[test]
+    fn panicking_hasher_is_an_internal_error_not_a_mismatch() {
+        let s = Scratch::new("hasher-panic");
+        let good = format!("{:x}", sha2::Sha256::digest(&s.image));
+        // Without the injected panic the same write verifies, and a wrong digest is a mismatch.
+        let ok = s.write(None, &good).unwrap();
+        assert!(ok.verified);
+        assert_eq!(ok.digest.as_deref(), Some(good.as_str()));
+        let wrong = s.write(None, &"0".repeat(64)).unwrap();
+        assert!(!wrong.verified);
+        // First chunk, a middle one, and after the last one (the stream fully written).
+        for at in [0, 2, usize::MAX] {
+            let e = s.write(Some(at), &good).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Internal, "panic at {at}: {e}");
+            assert!(
+                e.message
+                    .contains("the hashing thread panicked: injected panic"),
+                "panic at {at}: {e}"
+            );
+        }
+    }
 
     #[test]
     fn zero_detection() {

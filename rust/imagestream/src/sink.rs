@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::error::{target, Result};
+use crate::error::{target, target_io, Result};
 use crate::trace::Tally;
 
 /// Largest single write: big enough to amortise syscalls, small enough to bound memory.
@@ -34,7 +34,7 @@ impl Target {
     /// Opens `path`. A block device or a non-empty regular file is a disk of fixed size; a
     /// missing or empty file is created and starts out all zeros.
     pub fn open(path: &Path, assume_zeroed: bool) -> Result<Target> {
-        let err = |e: std::io::Error| target(format!("target {}: {e}", path.display()));
+        let err = |e: std::io::Error| target_io(format!("target {}", path.display()), &e);
         match std::fs::metadata(path) {
             Ok(meta) if meta.file_type().is_block_device() => {
                 let mut file = OpenOptions::new().write(true).open(path).map_err(err)?;
@@ -80,7 +80,7 @@ impl Target {
             .create(true)
             .truncate(false)
             .open(path)
-            .map_err(|e| target(format!("cannot create target {}: {e}", path.display())))?;
+            .map_err(|e| target_io(format!("cannot create target {}", path.display()), &e))?;
         Ok(Target {
             file,
             direct: None,
@@ -104,7 +104,7 @@ impl Target {
 
     fn write_all_at(&self, off: u64, bytes: &[u8]) -> Result<()> {
         write_all(&self.file, off, bytes)
-            .map_err(|e| target(format!("write to {} at {off}: {e}", self.path.display())))
+            .map_err(|e| target_io(format!("write to {} at {off}", self.path.display()), &e))
     }
 
     /// Writes a batch that starts at an aligned address in memory: the 512-byte-aligned part
@@ -124,10 +124,10 @@ impl Target {
                         self.direct = None;
                     }
                     Err(e) => {
-                        return Err(target(format!(
-                            "write to {} at {off}: {e}",
-                            self.path.display()
-                        )))
+                        return Err(target_io(
+                            format!("write to {} at {off}", self.path.display()),
+                            &e,
+                        ))
                     }
                 }
             }
@@ -175,21 +175,21 @@ impl Target {
             let len = self
                 .file
                 .metadata()
-                .map_err(|e| target(format!("{}: {e}", self.path.display())))?
+                .map_err(|e| target_io(self.path.display(), &e))?
                 .len();
             if len != final_size {
                 self.file
                     .set_len(final_size)
-                    .map_err(|e| target(format!("{}: {e}", self.path.display())))?;
+                    .map_err(|e| target_io(format!("resize {}", self.path.display()), &e))?;
             }
         }
         self.file
             .sync_all()
-            .map_err(|e| target(format!("fsync {}: {e}", self.path.display())))?;
+            .map_err(|e| target_io(format!("fsync {}", self.path.display()), &e))?;
         if let Some(direct) = &self.direct {
             direct
                 .sync_all()
-                .map_err(|e| target(format!("fsync {}: {e}", self.path.display())))?;
+                .map_err(|e| target_io(format!("fsync {}", self.path.display()), &e))?;
         }
         Ok(())
     }

@@ -3,13 +3,24 @@
 The package holds the BareMetalHost API types (:mod:`metal3.api`), the command line
 (:mod:`metal3.cli`) and, as a compiled extension, the image streaming core
 (:mod:`metal3._imagestream`).
+
+``__version__`` is looked up on first use: reading the installed metadata costs tens of
+milliseconds, and every `metal3` process (the agent's among them) imports this package.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("metal3")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+from __future__ import annotations
 
 __all__ = ["__version__"]
+
+
+def __getattr__(name: str) -> str:
+    if name != "__version__":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("metal3")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        found = "0.0.0+unknown"
+    globals()["__version__"] = found
+    return found

@@ -18,12 +18,11 @@ from metal3.controllers.baremetalhost import BareMetalHostReconciler, Settings
 from metal3.kube.client import KubeClient
 from metal3.kube.events import EventRecorder, EventSource
 from metal3.kube.manager import Manager, ManagerOptions
+from metal3.provisioner import PROVISIONERS
 from metal3.provisioner.base import ProvisionerFactory
 from metal3.provisioner.fixture import FixtureProvisionerFactory, FixtureWorld
 
 log = logging.getLogger(__name__)
-
-PROVISIONERS = ("fixture",)
 
 
 def default_concurrency() -> int:

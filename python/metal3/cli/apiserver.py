@@ -5,16 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "apiserver",
-        help="run the embedded Kubernetes-compatible API server",
-        description="Serve the Kubernetes REST API for CRDs, their custom resources, Secrets, "
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Serve the Kubernetes REST API for CRDs, their custom resources, Secrets, "
         "ConfigMaps, Namespaces, Events and Leases, stored in SQLite under --data-dir. "
-        "Writes DIR/kubeconfig (bearer token, self-signed CA).",
+        "Writes DIR/kubeconfig (bearer token, self-signed CA)."
     )
     parser.add_argument(
         "--data-dir", type=Path, required=True, help="state, credentials, kubeconfig"

@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import orjson
-import yaml
 
 from metal3.bmc import connect
 from metal3.bmc.address import BMCAddress, Driver, parse_address
@@ -37,12 +35,8 @@ from metal3.bmc.interface import BMC, BootDevice
 EXIT_OK, EXIT_BMC, EXIT_INPUT = 0, 1, 2
 
 
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "bmc",
-        help="talk to a BMC directly (power, boot device, virtual media, inventory, check)",
-        description="Talk to one BMC with the operator's Redfish/IPMI drivers.",
-    )
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Talk to one BMC with the operator's Redfish/IPMI drivers."
     parser.add_argument("address", help="BMC address as in spec.bmc.address")
     creds = parser.add_argument_group("credentials (one of)")
     creds.add_argument("--username", help="user name (with --password-file)")
@@ -107,6 +101,8 @@ def load_credentials(args: argparse.Namespace) -> Credentials:
             raise BMCCredentialsError(
                 "command line", "give either --credentials-secret or --username/--password-file"
             )
+        import yaml
+
         path: Path = args.credentials_secret
         try:
             secret = yaml.safe_load(path.read_text())
@@ -133,6 +129,8 @@ def load_credentials(args: argparse.Namespace) -> Credentials:
 
 
 def _json(value: Any) -> str:
+    import orjson
+
     return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
 
 

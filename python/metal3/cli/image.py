@@ -1,19 +1,18 @@
-"""`metal3 image`: inspect an image, or stream it onto a disk in one pass (info / write)."""
+"""`metal3 image`: inspect an image, or stream it onto a disk in one pass (info / write).
+
+`metal3 image write` is on the deploy path: of this package it imports only the image streaming
+core, and of third-party libraries nothing (orjson only for --json).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from typing import Any, TextIO
-
-import orjson
-
-from metal3 import imagestream
+from typing import TextIO
 
 
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("image", help="inspect or write disk images")
+def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="image_command", metavar="ACTION", required=True)
 
     info = sub.add_parser("info", help="format, virtual size, cluster size, compression")
@@ -52,7 +51,15 @@ def _size(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+def _print_json(fields: dict[str, str | int | bool | None]) -> None:
+    import orjson
+
+    sys.stdout.write(orjson.dumps(fields).decode() + "\n")
+
+
 def run_info(args: argparse.Namespace) -> int:
+    from metal3 import imagestream
+
     try:
         info = imagestream.info(args.source, insecure=args.insecure, ca_file=args.ca_file)
     except (imagestream.ImageStreamError, ValueError) as e:
@@ -69,7 +76,7 @@ def run_info(args: argparse.Namespace) -> int:
         "extended_l2": info.extended_l2,
     }
     if args.json:
-        sys.stdout.write(orjson.dumps(fields).decode() + "\n")
+        _print_json(fields)
         return 0
     for key, value in fields.items():
         if value is None or (key == "extended_l2" and not value):
@@ -114,6 +121,8 @@ class ProgressBar:
 
 
 def run_write(args: argparse.Namespace) -> int:
+    from metal3 import imagestream
+
     bar = ProgressBar(sys.stderr) if args.progress else None
     try:
         result = imagestream.write(
@@ -145,7 +154,7 @@ def run_write(args: argparse.Namespace) -> int:
     if bar:
         bar.close()
     if args.json:
-        fields = {
+        fields: dict[str, str | int | bool | None] = {
             "format": result.format,
             "inner_format": result.inner_format,
             "virtual_size": result.virtual_size,
@@ -154,7 +163,7 @@ def run_write(args: argparse.Namespace) -> int:
             "digest": result.digest,
             "verified": result.verified,
         }
-        sys.stdout.write(orjson.dumps(fields).decode() + "\n")
+        _print_json(fields)
         return 0
     state = (
         f"{result.checksum_algorithm} verified"

@@ -1,4 +1,9 @@
-"""`metal3 operator`: the BareMetalHost operator against any Kubernetes API server."""
+"""`metal3 operator`: the BareMetalHost operator against any Kubernetes API server.
+
+Declaring the options imports no controller or Kubernetes client: `--concurrency` and
+`--provisioning-limit` default to None on the command line and the operator's own defaults
+apply when the command runs.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,14 @@ import argparse
 import logging
 import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anyio
+from metal3.provisioner import PROVISIONERS
 
-from metal3.controllers.baremetalhost import Settings
-from metal3.operator import PROVISIONERS, Operator, OperatorOptions, default_concurrency
+if TYPE_CHECKING:
+    import anyio
+
+    from metal3.operator import OperatorOptions
 
 
 def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,13 +28,13 @@ def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--concurrency",
         type=int,
-        default=default_concurrency(),
+        default=None,
         help="reconcile workers (default: min(cores, 8), at least 2)",
     )
     parser.add_argument(
         "--provisioning-limit",
         type=int,
-        default=Settings.provisioning_limit,
+        default=None,
         help="hosts inspecting, provisioning or deprovisioning at once",
     )
     parser.add_argument(
@@ -40,19 +47,25 @@ def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from(args: argparse.Namespace, **extra: Any) -> OperatorOptions:
+    from metal3.controllers.baremetalhost import Settings
+    from metal3.operator import OperatorOptions, default_concurrency
+
+    concurrency = default_concurrency() if args.concurrency is None else args.concurrency
+    settings = Settings()
+    if args.provisioning_limit is not None:
+        settings = Settings(provisioning_limit=args.provisioning_limit)
     return OperatorOptions(
         namespace=args.namespace,
         provisioner=args.provisioner,
-        concurrency=max(1, args.concurrency),
+        concurrency=max(1, concurrency),
         health_address=args.health_addr,
         grace_period=args.grace_period,
-        settings=Settings(provisioning_limit=args.provisioning_limit),
+        settings=settings,
         **extra,
     )
 
 
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("operator", help="run the operator against a cluster")
+def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube)")
     parser.add_argument("--leader-elect", action="store_true", help="hold a Lease before acting")
     parser.add_argument(
@@ -67,6 +80,8 @@ def register(subparsers: Any) -> None:
 
 async def stop_on_signals(stop: anyio.Event, scope: anyio.CancelScope) -> None:
     """First SIGINT/SIGTERM: graceful stop; second: cancel everything."""
+    import anyio
+
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
             if stop.is_set():
@@ -84,6 +99,10 @@ def configure_logging(level: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import anyio
+
+    from metal3.operator import Operator
+
     configure_logging(args.log_level)
     options = options_from(
         args,

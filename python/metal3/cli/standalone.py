@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
-import anyio
-
-from metal3.apiserver.server import parse_listen
 from metal3.cli.operator import (
     add_operator_arguments,
     configure_logging,
     options_from,
     stop_on_signals,
 )
-from metal3.standalone import Standalone, StandaloneOptions
 
 
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "standalone", help="run the embedded API server and the operator together"
-    )
+def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, required=True, help="state, certs, kubeconfig")
     parser.add_argument("--listen", default="127.0.0.1:6443", help="HOST:PORT of the API server")
     add_operator_arguments(parser)
@@ -29,6 +21,11 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import anyio
+
+    from metal3.apiserver.server import parse_listen
+    from metal3.standalone import Standalone, StandaloneOptions
+
     configure_logging(args.log_level)
     host, port = parse_listen(args.listen)
     standalone = Standalone(

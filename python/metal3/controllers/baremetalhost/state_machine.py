@@ -1,9 +1,10 @@
 """The BareMetalHost state machine: one step of a host's lifecycle per reconcile.
 
-Each reconcile runs the handler of the host's current provisioning state. A handler asks the
-provisioner to do (or report on) that state's work and decides the next state; the machine then
-records the transition (operation history, capacity gate, events, metrics). Transitions follow
-upstream Metal3:
+Each reconcile first runs the guards (capacity delay, deletion, detachment, registration), any
+of which can end the step, then the handler of the host's current provisioning state. A handler
+asks the provisioner to do (or report on) that state's work and decides the next state; the
+machine then records the transition (operation history, capacity gate, events, metrics).
+Transitions follow upstream Metal3:
 
     none ──BMC?──> registering ──> inspecting ──> preparing ──> available ──> provisioning
       └──> unmanaged ──BMC set──┘   │ (inspection disabled) ─┘      ^  │           │
@@ -22,6 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from enum import Enum
 
 import orjson
 
@@ -66,24 +68,46 @@ from metal3.provisioner.base import (
 log = logging.getLogger(__name__)
 
 
+# During deletion, a step that keeps failing is given up once status.errorCount exceeds this and
+# deletion goes on without it: deprovisioning, powering off before delete, and both of them when
+# it is registration that keeps failing. Upstream Metal3's `ErrorCount > 3`.
+DELETE_STEP_MAX_ERRORS = 3
+
+# status.provisioning.bootMode when spec.bootMode is empty (upstream's default).
+DEFAULT_BOOT_MODE = "UEFI"
+
+
+class OutcomeKind(Enum):
+    """How a reconcile step ended."""
+
+    COMPLETE = "complete"  # the state's work is done (its handler may have chosen a next state)
+    CONTINUE = "continue"  # in progress or steady: look again after requeue_after
+    ERROR = "error"  # the step failed; the error is recorded on the host; retry after backoff
+    DELAYED = "delayed"  # the next state needs a provisioning slot and none is free
+
+
 @dataclass(frozen=True)
 class Outcome:
-    """What a step did: finished its work, still working, failed, or waits for capacity."""
+    """What a step did, and when the host should be reconciled again (None: only on a change)."""
 
-    kind: str  # "complete" | "continue" | "error" | "delayed"
+    kind: OutcomeKind
     requeue_after: float | None = 0.0
 
     @property
     def complete(self) -> bool:
-        return self.kind == "complete"
+        return self.kind is OutcomeKind.COMPLETE
+
+    @property
+    def failed(self) -> bool:
+        return self.kind is OutcomeKind.ERROR
 
 
-COMPLETE = Outcome("complete", 0.0)
-IDLE = Outcome("continue", None)  # nothing to do until something changes
+COMPLETE = Outcome(OutcomeKind.COMPLETE, 0.0)
+IDLE = Outcome(OutcomeKind.CONTINUE, None)  # nothing to do until something changes
 
 
 def keep_going(delay: float | None) -> Outcome:
-    return Outcome("continue", delay)
+    return Outcome(OutcomeKind.CONTINUE, delay)
 
 
 @dataclass(frozen=True)
@@ -240,15 +264,31 @@ class HostStateMachine:
         self.initial_state = state_of(ctx.host)
         self.next_state = self.initial_state
 
-    # The provisioner's answer turned into an outcome; errors are recorded on the host.
-    def _outcome(self, result: Result, error_type: ErrorType, operation: str) -> Outcome:
+    # --- provisioner results -----------------------------------------------------------
+
+    def _fail(self, error_type: ErrorType, message: str) -> Outcome:
+        """Record a failed operation on the host (error fields, event, metric); retry later.
+
+        The one place a provisioner failure becomes host status.
+        """
+        set_error(self.host, error_type, message)
+        self.ctx.event(_error_reason(error_type), message, warning=True)
+        metrics.ERRORS.labels(error_type.value).inc()
+        return Outcome(OutcomeKind.ERROR, self._backoff())
+
+    def _unfinished(self, result: Result, error_type: ErrorType) -> Outcome | None:
+        """The outcome of a provisioner call that failed or is still running; None if complete."""
         if result.error_message:
-            set_error(self.host, error_type, result.error_message)
-            self.ctx.event(_error_reason(error_type), result.error_message, warning=True)
-            metrics.ERRORS.labels(error_type.value).inc()
-            return Outcome("error", self._backoff())
+            return self._fail(error_type, result.error_message)
         if result.dirty:
             return keep_going(result.requeue_after or self.ctx.settings.in_progress_poll)
+        return None
+
+    def _outcome(self, result: Result, error_type: ErrorType, operation: str) -> Outcome:
+        """The outcome of a state's provisioner call; completing it clears the recorded error."""
+        unfinished = self._unfinished(result, error_type)
+        if unfinished is not None:
+            return unfinished
         if self.status.error_type:
             clear_error(self.host)
         log.debug("%s: %s complete", _name(self.host), operation)
@@ -263,23 +303,22 @@ class HostStateMachine:
         return override or outcome
 
     async def _reconcile_state(self) -> Outcome:
-        delayed = self._check_delayed()
-        if delayed is not None:
-            return delayed
-        if self._check_initiate_delete():
-            return COMPLETE
-        detached = await self._check_detached()
-        if detached is not None:
-            return detached
-        registered = await self._ensure_registered()
-        if registered is not None:
-            return registered
+        guards: tuple[Callable[[], Awaitable[Outcome | None]], ...] = (
+            self._check_delayed,
+            self._check_initiate_delete,
+            self._check_detached,
+            self._ensure_registered,
+        )
+        for guard in guards:
+            outcome = await guard()
+            if outcome is not None:
+                return outcome
         handler = self._handlers().get(self.initial_state)
         if handler is None:
             set_error(
                 self.host, ErrorType.REGISTRATION, f"no handler for state {self.initial_state!r}"
             )
-            return Outcome("error", self._backoff())
+            return Outcome(OutcomeKind.ERROR, self._backoff())
         return await handler()
 
     def _handlers(self) -> dict[str, Callable[[], Awaitable[Outcome]]]:
@@ -305,12 +344,15 @@ class HostStateMachine:
     def _has_capacity(self) -> bool:
         return self.ctx.busy_elsewhere() < self.ctx.settings.provisioning_limit
 
+    def _waiting_for_slot(self) -> Outcome:
+        return Outcome(OutcomeKind.DELAYED, self.ctx.settings.delayed_retry)
+
     def _delay(self, state: str) -> Outcome:
         if self.status.operational_status != OperationalStatus.DELAYED.value:
             self.status.operational_status = OperationalStatus.DELAYED.value
             self.ctx.event("Delayed", f"{state} delayed: provisioning limit reached")
             metrics.DELAYED.labels(state).inc()
-        return Outcome("delayed", self.ctx.settings.delayed_retry)
+        return self._waiting_for_slot()
 
     def _apply_transition(self) -> Outcome | None:
         if self.next_state == self.initial_state:
@@ -333,33 +375,38 @@ class HostStateMachine:
         if self.next_state in (S.REGISTERING, S.INSPECTING, S.PROVISIONING):
             provisioning.boot_mode = (
                 self.host.spec.boot_mode if self.host.spec else None
-            ) or "UEFI"
+            ) or DEFAULT_BOOT_MODE
         metrics.STATE_CHANGES.labels(self.initial_state or "none", self.next_state).inc()
         self.ctx.state_changed_from = self.initial_state
+        # str(): the handlers set ProvisioningState members, whose repr is not the state's name.
         self.ctx.event(
             _state_reason(self.next_state),
             f"provisioning state changed from {self.initial_state or 'none'!r} "
-            f"to {self.next_state!r}",
+            f"to {str(self.next_state)!r}",
         )
         return None
 
-    def _check_delayed(self) -> Outcome | None:
+    # --- guards: each ends the step with an outcome, or returns None to let it go on ------
+
+    async def _check_delayed(self) -> Outcome | None:
+        """A host delayed for capacity waits until a slot is free, then carries on."""
         if self.status.operational_status == OperationalStatus.DELAYED.value:
             if not self._has_capacity():
-                return Outcome("delayed", self.ctx.settings.delayed_retry)
+                return self._waiting_for_slot()
             settle_operational_status(self.host)
             return keep_going(0.0)
         # A host already inspecting/provisioning/deprovisioning holds its slot: it is counted
         # among the busy ones and is never delayed (two such hosts would wait on each other).
         return None
 
-    def _check_initiate_delete(self) -> bool:
+    async def _check_initiate_delete(self) -> Outcome | None:
+        """On deletion, move to the first deletion state that applies (COMPLETE if it moved)."""
         if not (self.host.metadata and self.host.metadata.deletion_timestamp):
-            return False
+            return None
         state = self.next_state
-        error_count = self.status.error_count or 0
         registration_stuck = (
-            self.status.error_type == ErrorType.REGISTRATION.value and error_count > 3
+            self.status.error_type == ErrorType.REGISTRATION.value
+            and self._too_many_errors_to_delete()
         )
         if state in (S.REGISTERING, S.UNMANAGED, S.NONE):
             self.next_state = S.DELETING
@@ -367,19 +414,23 @@ class HostStateMachine:
             if self.status.operational_status == OperationalStatus.DETACHED.value:
                 if self._delay_delete_for_detached():
                     metrics.DELETE_DELAYED_DETACHED.inc()
-                    return False
+                    return None
                 self.next_state = S.DELETING  # a detached host cannot be powered off
             else:
                 self.next_state = S.DEPROVISIONING
         elif state in (S.DEPROVISIONING, S.POWERING_OFF_BEFORE_DELETE):
             if not registration_stuck:
-                return False
+                return None
             self.next_state = S.DELETING
         elif state == S.DELETING:
-            return False
+            return None
         else:
             self.next_state = S.POWERING_OFF_BEFORE_DELETE
-        return True
+        return COMPLETE
+
+    def _too_many_errors_to_delete(self) -> bool:
+        """The failing step has failed often enough that deletion goes on without it."""
+        return (self.status.error_count or 0) > DELETE_STEP_MAX_ERRORS
 
     def _delay_delete_for_detached(self) -> bool:
         present, action, _ = detach_arguments(self.host)
@@ -388,6 +439,7 @@ class HostStateMachine:
         return action == DetachedDeleteAction.DELAY.value
 
     async def _check_detached(self) -> Outcome | None:
+        """Detach on the annotation (steady states, or any with force); re-attach without it."""
         present, _, force = detach_arguments(self.host)
         allowed = self.initial_state in (
             S.PROVISIONED,
@@ -416,6 +468,9 @@ class HostStateMachine:
         return None
 
     async def _ensure_registered(self) -> Outcome | None:
+        """Register on every step (the call is idempotent); forced when the credentials changed
+        or the last attempt failed.
+        """
         if self.ctx.credentials is None:
             return None  # deleting without credentials: nothing to register with
         if self.next_state in (S.NONE, S.UNMANAGED, S.MATCH_PROFILE, S.DELETING):
@@ -442,13 +497,9 @@ class HostStateMachine:
             boot_mode=spec.boot_mode,
         )
         result = await self.ctx.provisioner.register(data, force=credentials_changed or retrying)
-        if result.error_message:
-            set_error(self.host, ErrorType.REGISTRATION, result.error_message)
-            self.ctx.event("RegistrationError", result.error_message, warning=True)
-            metrics.ERRORS.labels(ErrorType.REGISTRATION.value).inc()
-            return Outcome("error", self._backoff())
-        if result.dirty:
-            return keep_going(result.requeue_after or self.ctx.settings.in_progress_poll)
+        unfinished = self._unfinished(result, ErrorType.REGISTRATION)
+        if unfinished is not None:
+            return unfinished
         changed = False
         if retrying:
             clear_error(self.host)
@@ -611,7 +662,7 @@ class HostStateMachine:
         data = self._provision_data(user_data, network_data, meta_data)
         result = await self.ctx.provisioner.provision(data)
         outcome = self._outcome(result, ErrorType.PROVISIONING, "provision")
-        if outcome.kind == "error":
+        if outcome.failed:
             self.status.provisioning_fail_count = (self.status.provisioning_fail_count or 0) + 1
         if outcome.complete:
             provisioning = self.status.provisioning
@@ -665,8 +716,12 @@ class HostStateMachine:
             self.status.powered_on = False
             self.status.error_count = 0
             self.next_state = S.POWERING_OFF_BEFORE_DELETE if deleting else S.AVAILABLE
-        elif outcome.kind == "error" and deleting and (self.status.error_count or 0) > 3:
-            log.warning("%s: giving up deprovisioning after 3 attempts", _name(self.host))
+        elif outcome.failed and deleting and self._too_many_errors_to_delete():
+            log.warning(
+                "%s: giving up deprovisioning after %d errors",
+                _name(self.host),
+                self.status.error_count,
+            )
             metrics.DELETE_WITHOUT_DEPROVISIONING.inc()
             self.next_state = S.POWERING_OFF_BEFORE_DELETE
             return COMPLETE
@@ -687,7 +742,7 @@ class HostStateMachine:
             self.status.powered_on = False
             self.status.error_count = 0
             self.next_state = S.DELETING
-        elif outcome.kind == "error" and (self.status.error_count or 0) > 3:
+        elif outcome.failed and self._too_many_errors_to_delete():
             metrics.DELETE_WITHOUT_POWER_OFF.inc()
             self.next_state = S.DELETING
             return COMPLETE

@@ -1,32 +1,24 @@
-"""The REST semantics of the API server, independent of HTTP: create, get, list, update,
-patch and delete with the real contract (optimistic concurrency, status subresource,
-generation, finalizers, garbage collection, schema admission for custom resources)."""
+"""The REST semantics of the API server, independent of HTTP: create, get, list, update
+and patch with the real contract (optimistic concurrency, status subresource, generation,
+finalizers), each kind's own rules coming from its strategy (`strategies`); deletion and
+garbage collection are `deletion`'s, reached through the same `Core`."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 
-from metal3.api import structural
 from metal3.apiserver import errors
-from metal3.apiserver.errors import ApiError, bad_request
-from metal3.apiserver.objects import (
-    deep_copy,
-    generated_name,
-    label_error,
-    name_error,
-    now,
-    parse_time,
-)
+from metal3.apiserver.deletion import DeleteOptions, Deleter
+from metal3.apiserver.errors import ApiError, Cause, bad_request
+from metal3.apiserver.objects import deep_copy, generated_name, label_error, name_error, now
 from metal3.apiserver.patch import json_patch, merge_patch, strategic_merge_patch
-from metal3.apiserver.registry import CRD_KEY, NAMESPACE_KEY, Registry, ResourceType
+from metal3.apiserver.registry import Registry, ResourceType
 from metal3.apiserver.selectors import (
     fields_match,
     labels_match,
@@ -34,12 +26,9 @@ from metal3.apiserver.selectors import (
     parse_label_selector,
 )
 from metal3.apiserver.store import Obj, Store
+from metal3.apiserver.strategies import CRD_KEY, NAMESPACE_KEY
 
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
-ORPHAN = "orphan"
-FOREGROUND = "foregroundDeletion"
-CRD_CLEANUP = "customresourcecleanup.apiextensions.k8s.io"
-NAMESPACE_FINALIZER = "kubernetes"
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
@@ -54,14 +43,6 @@ class WriteOptions:
 
 
 @dataclass
-class DeleteOptions:
-    propagation_policy: str | None = None
-    precondition_uid: str | None = None
-    precondition_rv: str | None = None
-    dry_run: bool = False
-
-
-@dataclass
 class ListResult:
     items: list[Obj]
     resource_version: str
@@ -69,26 +50,8 @@ class ListResult:
     remaining: int | None
 
 
-def _meta(obj: Obj) -> dict[str, Any]:
-    meta = obj.get("metadata")
-    if not isinstance(meta, dict):
-        raise bad_request("metadata must be an object")
-    return meta
-
-
 def _without(obj: Obj, *keys: str) -> Obj:
     return {k: v for k, v in obj.items() if k not in keys}
-
-
-_CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
-
-
-def _held(rt: ResourceType, obj: Obj) -> bool:
-    """Whether something still keeps a deleted object: finalizers (and for a namespace, the
-    spec.finalizers the server clears once the namespace is empty)."""
-    if obj["metadata"].get("finalizers"):
-        return True
-    return rt.key == NAMESPACE_KEY and bool((obj.get("spec") or {}).get("finalizers"))
 
 
 class Core:
@@ -97,19 +60,13 @@ class Core:
     def __init__(self, store: Store, registry: Registry) -> None:
         self.store = store
         self.registry = registry
-        # Watch event lines shared by every watcher of a version: (rv, type, apiVersion) -> line.
-        self.encoded_events: dict[tuple[int, str, str], bytes] = {}
-        # Open watch streams (their subscriptions), so that shutdown can end them cleanly.
-        self.active_watches: set[Any] = set()
+        self.deleter = Deleter(store, registry)
         self.registry.rebuild(self.store.items(CRD_KEY))
+        namespaces = self.registry.by_key(NAMESPACE_KEY)
+        assert namespaces is not None
         for name in DEFAULT_NAMESPACES:
             if self.store.get(NAMESPACE_KEY, "", name) is None:
-                self.create(self._rt(NAMESPACE_KEY), "v1", None, {"metadata": {"name": name}})
-
-    def _rt(self, key: str) -> ResourceType:
-        rt = self.registry.by_key(key)
-        assert rt is not None
-        return rt
+                self.create(namespaces, "v1", None, {"metadata": {"name": name}})
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -202,13 +159,12 @@ class Core:
         opts: WriteOptions,
         status_only: bool = False,
     ) -> None:
-        """Type-specific defaulting and validation; raises 422 Invalid. A write to /status
-        changes nothing else, so only the status is checked (what validation ratcheting
-        does upstream for unchanged fields)."""
+        """The generic metadata checks, then the kind's defaulting and validation; raises
+        422 Invalid with every cause found."""
         meta = obj["metadata"]
         name = meta.get("name", "")
-        causes: list[tuple[str, str, str]] = []
-        problem = name_error(name, label=rt.key == NAMESPACE_KEY)
+        causes: list[Cause] = []
+        problem = name_error(name, label=rt.strategy.names_are_labels)
         if problem:
             causes.append(("metadata.name", "FieldValueInvalid", problem))
         for key, value in (meta.get("labels") or {}).items():
@@ -220,137 +176,9 @@ class Core:
         for key, value in (meta.get("annotations") or {}).items():
             if not isinstance(value, str):
                 raise bad_request(f"metadata.annotations.{key} must be a string")
-        if rt.key in ("/secrets", "/configmaps"):
-            for field in ("data", "binaryData", "stringData"):
-                for key in obj.get(field) or {}:
-                    if len(key) > 253 or not _CONFIG_KEY.match(key):
-                        causes.append(
-                            (
-                                f"{field}[{key}]",
-                                "FieldValueInvalid",
-                                (
-                                    f'Invalid value: "{key}": a valid config key must consist of '
-                                    "alphanumeric characters, '-', '_' or '.'"
-                                ),
-                            )
-                        )
-        if rt.key == "/secrets":
-            self._admit_secret(obj, causes)
-        elif rt.key == NAMESPACE_KEY:
-            obj.setdefault("spec", {}).setdefault("finalizers", [NAMESPACE_FINALIZER])
-            obj.setdefault("status", {}).setdefault("phase", "Active")
-        elif rt.key == CRD_KEY:
-            self._admit_crd(obj, causes)
-        elif not rt.builtin:
-            schema = rt.schemas.get(version)
-            if schema:
-                status_schema = (schema.get("properties") or {}).get("status")
-                if status_only and isinstance(status_schema, dict):
-                    part = {"status": obj["status"]} if "status" in obj else {}
-                    partial_schema = {"type": "object", "properties": {"status": status_schema}}
-                    pruned, problems = structural.admit(part, partial_schema)
-                    if "status" in part:
-                        obj["status"] = part["status"]
-                else:
-                    pruned, problems = structural.admit(obj, schema)
-                if pruned and opts.field_validation == "Strict":
-                    unknown = ", ".join(f'unknown field "{p}"' for p in pruned)
-                    raise bad_request(f"strict decoding error: {unknown}")
-                if pruned and opts.field_validation == "Warn":
-                    opts.warnings.extend(f'unknown field "{p}"' for p in pruned)
-                causes.extend((p.path, p.reason, p.message) for p in problems)
+        causes.extend(rt.strategy.admit(rt, version, obj, opts, status_only))
         if causes:
             raise errors.invalid(rt.kind, rt.group, name, causes)
-
-    def _admit_secret(self, obj: Obj, causes: list[tuple[str, str, str]]) -> None:
-        obj.setdefault("type", "Opaque")
-        string_data = obj.pop("stringData", None) or {}
-        data = obj.get("data") or {}
-        for key, value in data.items():
-            try:
-                base64.b64decode(value, validate=True)
-            except (binascii.Error, TypeError, ValueError):
-                causes.append((f"data[{key}]", "FieldValueInvalid", "Invalid value: not base64"))
-        for key, value in string_data.items():
-            data[key] = base64.b64encode(str(value).encode()).decode()
-        if data:
-            obj["data"] = data
-
-    def _admit_crd(self, obj: Obj, causes: list[tuple[str, str, str]]) -> None:
-        spec = obj.get("spec") or {}
-        names = spec.get("names") or {}
-        group = spec.get("group")
-        plural = names.get("plural")
-        if not group:
-            causes.append(("spec.group", "FieldValueRequired", "Required value"))
-        if not plural:
-            causes.append(("spec.names.plural", "FieldValueRequired", "Required value"))
-        if not names.get("kind"):
-            causes.append(("spec.names.kind", "FieldValueRequired", "Required value"))
-        if spec.get("scope") not in ("Namespaced", "Cluster"):
-            causes.append(
-                (
-                    "spec.scope",
-                    "FieldValueNotSupported",
-                    'Unsupported value: must be "Namespaced" or "Cluster"',
-                )
-            )
-        versions = spec.get("versions") or []
-        if not versions:
-            causes.append(("spec.versions", "FieldValueRequired", "Required value"))
-        elif sum(1 for v in versions if v.get("storage")) != 1:
-            causes.append(
-                (
-                    "spec.versions",
-                    "FieldValueInvalid",
-                    "Invalid value: must have exactly one version marked as storage version",
-                )
-            )
-        if group and plural and obj["metadata"].get("name") != f"{plural}.{group}":
-            causes.append(
-                (
-                    "metadata.name",
-                    "FieldValueInvalid",
-                    f'Invalid value: "{obj["metadata"].get("name")}": '
-                    'must be spec.names.plural+"."+spec.group',
-                )
-            )
-        if causes:
-            return
-        for key, value in (
-            ("singular", names["kind"].lower()),
-            ("listKind", names["kind"] + "List"),
-        ):
-            names.setdefault(key, value)
-        old_status = obj.get("status") or {}
-        stamp = now()
-        previous = {c.get("type"): c for c in old_status.get("conditions") or []}
-
-        def condition(kind: str, reason: str, message: str) -> dict[str, Any]:
-            old = previous.get(kind)
-            when = old["lastTransitionTime"] if old and old.get("status") == "True" else stamp
-            return {
-                "type": kind,
-                "status": "True",
-                "lastTransitionTime": when,
-                "reason": reason,
-                "message": message,
-            }
-
-        storage = next(v["name"] for v in versions if v.get("storage"))
-        stored = list(old_status.get("storedVersions") or [])
-        if storage not in stored:
-            stored.append(storage)
-        obj["status"] = {
-            "acceptedNames": deep_copy(names),
-            "storedVersions": stored,
-            "conditions": [
-                condition("NamesAccepted", "NoConflicts", "no conflicts found"),
-                condition(
-                    "Established", "InitialNamesAccepted", "the initial names have been accepted"
-                ),
-            ],
-        }
 
     def _check_namespace(
         self, rt: ResourceType, namespace: str | None, creating: bool, name: str = ""
@@ -435,8 +263,7 @@ class Core:
             meta["generation"] = 1
         else:
             meta.pop("generation", None)
-        if rt.status_subresource and rt.key != CRD_KEY:
-            obj.pop("status", None)
+        rt.strategy.prepare_for_create(rt, obj)
         self._admit(rt, version, obj, opts)
         if self.store.get(rt.key, ns, name) is not None:
             raise errors.already_exists(rt.plural, rt.group, name)
@@ -524,11 +351,8 @@ class Core:
             new = merged
         elif subresource:
             raise errors.not_found(f"{rt.plural}/{subresource}", rt.group, old_meta["name"])
-        elif rt.status_subresource and rt.key != CRD_KEY:
-            if "status" in old:
-                new["status"] = deep_copy(old["status"])
-            else:
-                new.pop("status", None)
+        else:
+            rt.strategy.prepare_for_update(rt, new, old)
         meta = new.setdefault("metadata", {})
         meta["name"] = old_meta["name"]
         if rt.namespaced:
@@ -544,25 +368,10 @@ class Core:
         meta.pop("selfLink", None)
         new["apiVersion"] = rt.api_version(rt.storage_version)
         new["kind"] = rt.kind
-        if rt.key == CRD_KEY and subresource != "status":
-            new["status"] = deep_copy(old.get("status") or {})
-        if rt.key == NAMESPACE_KEY:
-            new["status"] = deep_copy(old.get("status") or {})
         self._admit(rt, version, new, opts, status_only=subresource == "status")
-        immutable = rt.key in ("/secrets", "/configmaps") and old.get("immutable")
-        if immutable and _without(new, "metadata") != _without(old, "metadata"):
-            raise errors.invalid(
-                rt.kind,
-                rt.group,
-                old_meta["name"],
-                [
-                    (
-                        "data",
-                        "FieldValueForbidden",
-                        "Forbidden: field is immutable when `immutable` is set",
-                    )
-                ],
-            )
+        refused = rt.strategy.validate_update(rt, new, old)
+        if refused:
+            raise errors.invalid(rt.kind, rt.group, old_meta["name"], refused)
         if rt.has_generation:
             ignored = ("metadata", "status") if rt.status_subresource else ("metadata",)
             generation = old_meta.get("generation", 1)
@@ -594,8 +403,8 @@ class Core:
             return old
         if opts.dry_run:
             return new
-        if old_meta.get("deletionTimestamp") and not _held(rt, new):
-            return self._remove(rt, new)
+        if old_meta.get("deletionTimestamp") and not self.deleter.held(rt, new):
+            return self.deleter.remove(rt, new)
         return self._save(rt, new, old)
 
     # -- patch -------------------------------------------------------------------------------
@@ -655,77 +464,7 @@ class Core:
         name: str,
         options: DeleteOptions | None = None,
     ) -> Obj:
-        options = options or DeleteOptions()
-        obj = self.get(rt, namespace, name)
-        meta = obj["metadata"]
-        if options.precondition_uid and options.precondition_uid != meta["uid"]:
-            raise errors.conflict(
-                rt.plural,
-                rt.group,
-                name,
-                f"Precondition failed: UID in precondition: {options.precondition_uid}, "
-                f"UID in object meta: {meta['uid']}",
-            )
-        if options.precondition_rv and options.precondition_rv != meta["resourceVersion"]:
-            raise errors.conflict(
-                rt.plural,
-                rt.group,
-                name,
-                f"Precondition failed: ResourceVersion in precondition: "
-                f"{options.precondition_rv}, ResourceVersion in object meta: "
-                f"{meta['resourceVersion']}",
-            )
-        policy = options.propagation_policy
-        if policy not in (None, "Orphan", "Background", "Foreground"):
-            raise errors.invalid(
-                "DeleteOptions",
-                "",
-                "",
-                [
-                    (
-                        "propagationPolicy",
-                        "FieldValueNotSupported",
-                        f'Unsupported value: "{policy}": supported values: "Foreground", '
-                        '"Background", "Orphan", "nil"',
-                    )
-                ],
-            )
-        if options.dry_run:
-            return obj
-        finalizers = list(meta.get("finalizers") or [])
-        if policy == "Orphan" and ORPHAN not in finalizers:
-            finalizers.append(ORPHAN)
-        if policy == "Foreground" and FOREGROUND not in finalizers:
-            finalizers.append(FOREGROUND)
-        if rt.key == CRD_KEY and CRD_CLEANUP not in finalizers:
-            finalizers.append(CRD_CLEANUP)
-        # A namespace always terminates gracefully: its spec.finalizers hold it until empty.
-        namespace_held = rt.key == NAMESPACE_KEY and bool((obj.get("spec") or {}).get("finalizers"))
-        if meta.get("deletionTimestamp"):
-            if finalizers == list(meta.get("finalizers") or []):
-                return obj
-            updated = deep_copy(obj)
-            updated["metadata"]["finalizers"] = finalizers
-            obj = self.store.put(rt.key, updated, obj)
-        elif finalizers or namespace_held:
-            updated = deep_copy(obj)
-            umeta = updated["metadata"]
-            if finalizers:
-                umeta["finalizers"] = finalizers
-            umeta["deletionTimestamp"] = now()
-            umeta["deletionGracePeriodSeconds"] = 0
-            if rt.has_generation:
-                umeta["generation"] = umeta.get("generation", 1) + 1
-            if rt.key == NAMESPACE_KEY:
-                updated.setdefault("status", {})["phase"] = "Terminating"
-            obj = self.store.put(rt.key, updated, obj)
-        else:
-            return self._remove(rt, obj)
-        self._run_system_finalizers(rt, obj)
-        current = self.store.get(rt.key, meta.get("namespace", ""), name)
-        if current is None:
-            return {**obj, "metadata": {**obj["metadata"], "finalizers": []}}
-        return current
+        return self.deleter.delete(rt, namespace, name, options)
 
     def delete_collection(
         self,
@@ -737,179 +476,18 @@ class Core:
     ) -> list[Obj]:
         result = self.list_objects(rt, namespace, label_selector, field_selector)
         return [
-            self.delete(rt, obj["metadata"].get("namespace"), obj["metadata"]["name"], options)
+            self.deleter.delete(
+                rt, obj["metadata"].get("namespace"), obj["metadata"]["name"], options
+            )
             for obj in result.items
         ]
 
     def expire_events(self, ttl: float) -> int:
-        """Delete Events not written for `ttl` seconds (kube-apiserver's --event-ttl); the
-        last write is the newest of the times an Event records."""
-        limit = datetime.now(UTC) - timedelta(seconds=ttl)
-        expired = 0
-        for key in ("/events", "events.k8s.io/events"):
-            rt = self._rt(key)
-            for obj in self.store.items(key):
-                series = obj.get("series") or {}
-                stamps = [
-                    parse_time(value)
-                    for value in (
-                        obj.get("lastTimestamp"),
-                        obj.get("eventTime"),
-                        obj.get("deprecatedLastTimestamp"),
-                        series.get("lastObservedTime"),
-                        obj["metadata"].get("creationTimestamp"),
-                    )
-                    if isinstance(value, str)
-                ]
-                known = [stamp for stamp in stamps if stamp is not None]
-                if known and max(known) < limit:
-                    meta = obj["metadata"]
-                    self.delete(rt, meta.get("namespace"), meta["name"])
-                    expired += 1
-        return expired
+        """Delete Events not written for `ttl` seconds (kube-apiserver's --event-ttl)."""
+        return self.deleter.expire(ttl)
 
     def _save(self, rt: ResourceType, new: Obj, old: Obj | None) -> Obj:
-        """Stores a created or updated object; a CRD change changes what is served."""
+        """Stores a created or updated object, then runs its kind's after-write hook."""
         stored = self.store.put(rt.key, new, old)
-        self._crds_changed(rt)
+        rt.strategy.after_write(rt, self.store, self.registry)
         return stored
-
-    def _crds_changed(self, rt: ResourceType) -> None:
-        if rt.key == CRD_KEY:
-            self.registry.rebuild(self.store.items(CRD_KEY))
-
-    def _remove(self, rt: ResourceType, obj: Obj) -> Obj:
-        gone = self.store.remove(rt.key, obj)
-        self._crds_changed(rt)
-        self._after_removal(rt, gone)
-        return gone
-
-    def _drop_finalizer(self, rt: ResourceType, obj: Obj, finalizer: str) -> None:
-        current = self.store.get(
-            rt.key, obj["metadata"].get("namespace", ""), obj["metadata"]["name"]
-        )
-        if current is None or finalizer not in (current["metadata"].get("finalizers") or []):
-            return
-        updated = deep_copy(current)
-        updated["metadata"]["finalizers"] = [
-            f for f in updated["metadata"]["finalizers"] if f != finalizer
-        ]
-        if not updated["metadata"]["finalizers"]:
-            updated["metadata"].pop("finalizers")
-        if not _held(rt, updated):
-            self._remove(rt, updated)
-        else:
-            self.store.put(rt.key, updated, current)
-
-    # -- finalizers the server itself runs ---------------------------------------------------
-
-    def _dependents(self, uid: str) -> list[tuple[ResourceType, Obj]]:
-        found: list[tuple[ResourceType, Obj]] = []
-        for key, obj in self.store.all_objects():
-            refs = obj["metadata"].get("ownerReferences") or []
-            if any(ref.get("uid") == uid for ref in refs):
-                rt = self.registry.by_key(key)
-                if rt is not None:
-                    found.append((rt, obj))
-        return found
-
-    def _uid_exists(self, uid: str) -> bool:
-        return any(obj["metadata"].get("uid") == uid for _, obj in self.store.all_objects())
-
-    def _run_system_finalizers(self, rt: ResourceType, obj: Obj) -> None:
-        meta = obj["metadata"]
-        finalizers = meta.get("finalizers") or []
-        if ORPHAN in finalizers:
-            for dep_rt, dep in self._dependents(meta["uid"]):
-                updated = deep_copy(dep)
-                refs = [
-                    r for r in updated["metadata"]["ownerReferences"] if r.get("uid") != meta["uid"]
-                ]
-                if refs:
-                    updated["metadata"]["ownerReferences"] = refs
-                else:
-                    updated["metadata"].pop("ownerReferences")
-                self.store.put(dep_rt.key, updated, dep)
-            self._drop_finalizer(rt, obj, ORPHAN)
-        if FOREGROUND in finalizers:
-            for dep_rt, dep in self._dependents(meta["uid"]):
-                self._collect(dep_rt, dep, meta["uid"], "Foreground")
-            self._check_foreground(rt, obj)
-        if rt.key == NAMESPACE_KEY and (obj.get("spec") or {}).get("finalizers"):
-            for ns_rt in self.registry.types():
-                if ns_rt.namespaced:
-                    for item in self.store.items(ns_rt.key, meta["name"]):
-                        self.delete(ns_rt, meta["name"], item["metadata"]["name"])
-            self._check_namespace_empty(meta["name"])
-        if rt.key == CRD_KEY and CRD_CLEANUP in finalizers:
-            cr_rt = self.registry.by_key(f"{obj['spec']['group']}/{obj['spec']['names']['plural']}")
-            if cr_rt is not None:
-                for item in self.store.items(cr_rt.key):
-                    self.delete(cr_rt, item["metadata"].get("namespace"), item["metadata"]["name"])
-            self._check_crd_empty(obj)
-
-    def _collect(self, rt: ResourceType, dep: Obj, owner_uid: str, policy: str | None) -> None:
-        """Garbage-collect one dependent whose owner `owner_uid` is going away."""
-        refs = dep["metadata"].get("ownerReferences") or []
-        others = [
-            r for r in refs if r.get("uid") != owner_uid and self._uid_exists(str(r.get("uid")))
-        ]
-        meta = dep["metadata"]
-        if others:
-            updated = deep_copy(dep)
-            updated["metadata"]["ownerReferences"] = others
-            self.store.put(rt.key, updated, dep)
-            return
-        if self.store.get(rt.key, meta.get("namespace", ""), meta["name"]) is None:
-            return
-        self.delete(
-            rt, meta.get("namespace"), meta["name"], DeleteOptions(propagation_policy=policy)
-        )
-
-    def _check_foreground(self, rt: ResourceType, obj: Obj) -> None:
-        if not self._dependents(obj["metadata"]["uid"]):
-            self._drop_finalizer(rt, obj, FOREGROUND)
-
-    def _check_namespace_empty(self, namespace: str) -> None:
-        ns = self.store.get(NAMESPACE_KEY, "", namespace)
-        if ns is None or not ns["metadata"].get("deletionTimestamp"):
-            return
-        for rt in self.registry.types():
-            if rt.namespaced and self.store.items(rt.key, namespace):
-                return
-        ns_rt = self._rt(NAMESPACE_KEY)
-        if (ns.get("spec") or {}).get("finalizers"):
-            updated = deep_copy(ns)
-            updated["spec"]["finalizers"] = []
-            if updated["metadata"].get("finalizers"):
-                self.store.put(ns_rt.key, updated, ns)
-            else:
-                self._remove(ns_rt, updated)
-
-    def _check_crd_empty(self, crd: Obj) -> None:
-        current = self.store.get(CRD_KEY, "", crd["metadata"]["name"])
-        if current is None or not current["metadata"].get("deletionTimestamp"):
-            return
-        key = f"{current['spec']['group']}/{current['spec']['names']['plural']}"
-        if self.store.count(key) == 0:
-            self._drop_finalizer(self._rt(CRD_KEY), current, CRD_CLEANUP)
-
-    def _after_removal(self, rt: ResourceType, gone: Obj) -> None:
-        meta = gone["metadata"]
-        for dep_rt, dep in self._dependents(meta["uid"]):
-            self._collect(dep_rt, dep, meta["uid"], None)
-        for owner in meta.get("ownerReferences") or []:
-            for key, candidate in self.store.all_objects():
-                cmeta = candidate["metadata"]
-                if cmeta.get("uid") == owner.get("uid") and FOREGROUND in (
-                    cmeta.get("finalizers") or []
-                ):
-                    owner_rt = self.registry.by_key(key)
-                    if owner_rt is not None:
-                        self._check_foreground(owner_rt, candidate)
-        if rt.namespaced:
-            self._check_namespace_empty(meta.get("namespace", ""))
-        if not rt.builtin:
-            crd = self.store.get(CRD_KEY, "", rt.qualified)
-            if crd is not None:
-                self._check_crd_empty(crd)

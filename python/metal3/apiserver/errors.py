@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+# One reason a write is invalid: (field, reason such as FieldValueRequired, message).
+Cause = tuple[str, str, str]
+
 REASONS: dict[int, str] = {
     400: "BadRequest",
     401: "Unauthorized",
@@ -92,7 +95,7 @@ def conflict(resource: str, group: str, name: str, why: str | None = None) -> Ap
     )
 
 
-def invalid(kind: str, group: str, name: str, causes: list[tuple[str, str, str]]) -> ApiError:
+def invalid(kind: str, group: str, name: str, causes: list[Cause]) -> ApiError:
     """422 Invalid; `causes` are (field, reason, message) like FieldValueRequired."""
     qual = f"{kind}.{group}" if group else kind
     summary = ", ".join(f"{field}: {message}" if field else message for field, _, message in causes)

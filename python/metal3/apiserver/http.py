@@ -14,17 +14,11 @@ import anyio
 import orjson
 
 from metal3.apiserver import discovery, openapi, openapi_pb, protobuf, table
-from metal3.apiserver.core import (
-    JSON_PATCH,
-    MERGE_PATCH,
-    STRATEGIC_PATCH,
-    Core,
-    DeleteOptions,
-    WriteOptions,
-)
+from metal3.apiserver.core import JSON_PATCH, MERGE_PATCH, STRATEGIC_PATCH, Core, WriteOptions
+from metal3.apiserver.deletion import DeleteOptions
 from metal3.apiserver.errors import ApiError, bad_request, method_not_allowed
 from metal3.apiserver.registry import ResourceType
-from metal3.apiserver.watch import WatchParams, stream_watch
+from metal3.apiserver.watch import Watches, WatchParams
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -93,6 +87,7 @@ class ApiServer:
         event_ttl: float = 3600.0,
     ) -> None:
         self.core = core
+        self.watches = Watches(core)
         self._token = token.encode() if token else None
         self.address = address
         self.bookmark_interval = bookmark_interval
@@ -120,8 +115,7 @@ class ApiServer:
 
     def close_watches(self) -> None:
         """End every open watch (as kube-apiserver does on shutdown; clients re-watch)."""
-        for subscription in list(self.core.active_watches):
-            subscription.close()
+        self.watches.close_all()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         """Background work for the server's lifetime: expiring Events."""
@@ -494,7 +488,7 @@ class ApiServer:
         if wanted is not None:
             params.table = (wanted.version, wanted.include_object)
             params.metadata_only = None
-        await stream_watch(self.core, params, receive, send)
+        await self.watches.stream(params, receive, send)
 
 
 async def _respond(send: Send, code: int, body: Any, warnings: list[str] | None = None) -> None:

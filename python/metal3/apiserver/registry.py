@@ -1,12 +1,22 @@
-"""The resource types served: built-in kinds plus every kind a stored CRD defines."""
+"""The resource types served: built-in kinds plus every kind a stored CRD defines. Each type
+carries its strategy (`strategies`), so a kind is added by adding its one entry here."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from metal3.apiserver.errors import ApiError
+from metal3.apiserver.strategies import (
+    ConfigMapStrategy,
+    CustomResourceDefinitionStrategy,
+    CustomResourceStrategy,
+    EventStrategy,
+    NamespaceStrategy,
+    SecretStrategy,
+    Strategy,
+)
 
 VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 
@@ -34,6 +44,8 @@ class ResourceType:
     # Whether PUT without metadata.resourceVersion is allowed (true for most built-ins).
     unconditional_update: bool = True
     has_generation: bool = False
+    # What this kind does differently on create, update and delete.
+    strategy: Strategy = field(default_factory=Strategy, compare=False)
 
     @property
     def key(self) -> str:
@@ -78,6 +90,7 @@ BUILTINS: tuple[ResourceType, ...] = (
         False,
         short_names=("ns",),
         field_selectors=frozenset({"metadata.name", "status.phase"}),
+        strategy=NamespaceStrategy(),
     ),
     ResourceType(
         "",
@@ -89,6 +102,7 @@ BUILTINS: tuple[ResourceType, ...] = (
         "SecretList",
         True,
         field_selectors=frozenset({"metadata.name", "metadata.namespace", "type"}),
+        strategy=SecretStrategy(),
     ),
     ResourceType(
         "",
@@ -100,6 +114,7 @@ BUILTINS: tuple[ResourceType, ...] = (
         "ConfigMapList",
         True,
         short_names=("cm",),
+        strategy=ConfigMapStrategy(),
     ),
     ResourceType(
         "",
@@ -112,6 +127,7 @@ BUILTINS: tuple[ResourceType, ...] = (
         True,
         short_names=("ev",),
         field_selectors=_EVENT_FIELDS,
+        strategy=EventStrategy(),
     ),
     ResourceType(
         "events.k8s.io",
@@ -136,6 +152,7 @@ BUILTINS: tuple[ResourceType, ...] = (
                 "reportingController",
             }
         ),
+        strategy=EventStrategy(),
     ),
     ResourceType(
         "coordination.k8s.io",
@@ -160,11 +177,12 @@ BUILTINS: tuple[ResourceType, ...] = (
         categories=("api-extensions",),
         status_subresource=True,
         has_generation=True,
+        strategy=CustomResourceDefinitionStrategy(),
     ),
 )
 
-CRD_KEY = "apiextensions.k8s.io/customresourcedefinitions"
-NAMESPACE_KEY = "/namespaces"
+
+_CUSTOM_RESOURCES = CustomResourceStrategy()
 
 
 def resource_type_from_crd(crd: Mapping[str, Any]) -> ResourceType | None:
@@ -196,18 +214,22 @@ def resource_type_from_crd(crd: Mapping[str, Any]) -> ResourceType | None:
         },
         unconditional_update=False,
         has_generation=True,
+        strategy=_CUSTOM_RESOURCES,
     )
 
 
 class Registry:
     """Lookup of served types by group/version/plural; rebuilt whenever a CRD changes."""
 
-    def __init__(self) -> None:
+    def __init__(self, builtins: Sequence[ResourceType] = BUILTINS) -> None:
+        self._builtins = tuple(builtins)
         self._by_key: dict[str, ResourceType] = {}
         self.rebuild(())
 
     def rebuild(self, crds: Iterable[Mapping[str, Any]]) -> None:
-        by_key = {rt.key: rt for rt in BUILTINS}
+        """Serve the built-in kinds and those the CRDs define (a CRD cannot replace a
+        built-in kind)."""
+        by_key = {rt.key: rt for rt in self._builtins}
         for crd in crds:
             rt = resource_type_from_crd(crd)
             if rt is not None and rt.key not in by_key:

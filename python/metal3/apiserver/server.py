@@ -23,8 +23,9 @@ from metal3.apiserver.credentials import ensure_credentials, write_kubeconfig
 from metal3.apiserver.errors import ApiError
 from metal3.apiserver.http import ApiServer
 from metal3.apiserver.objects import deep_copy
-from metal3.apiserver.registry import CRD_KEY, Registry
+from metal3.apiserver.registry import Registry
 from metal3.apiserver.store import Store
+from metal3.apiserver.strategies import CRD_KEY
 
 
 class _Uvicorn(uvicorn.Server):

@@ -2,6 +2,10 @@
 resourceVersion and a bounded history of changes for watches, kept in memory and persisted
 beside the objects so that watches resume across a restart (as etcd's history allows).
 
+Two lookups keep garbage collection independent of the number of objects: an owner index
+(owner uid -> dependents, a table written in the same transaction as each object) and a uid
+map (uid -> object, in memory, derived from the objects as they load and change).
+
 Everything runs on the event loop's thread: a handler that checks a precondition and then
 writes does so without awaiting in between, so writes are serialised without locks. All
 objects are also kept in memory (the store is sized for one site's hosts, not a cluster).
@@ -12,7 +16,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,13 +66,24 @@ class Store:
             "CREATE TABLE IF NOT EXISTS changes (rv INTEGER PRIMARY KEY, type TEXT NOT NULL,"
             " kind TEXT NOT NULL, data BLOB NOT NULL, old BLOB)"
         )
+        # One row per (owner uid, dependent): the ownerReferences of every stored object.
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS owners (owner_uid TEXT NOT NULL, kind TEXT NOT NULL,"
+            " namespace TEXT NOT NULL, name TEXT NOT NULL,"
+            " PRIMARY KEY (owner_uid, kind, namespace, name)) WITHOUT ROWID"
+        )
         row = self._db.execute("SELECT value FROM meta WHERE key = 'rv'").fetchone()
         self.rv: int = int(row[0]) if row else 0
         self._objects: dict[str, dict[ObjKey, Obj]] = {}
+        self._uids: dict[str, tuple[str, ObjKey]] = {}
         for kind, namespace, name, data in self._db.execute(
             "SELECT kind, namespace, name, data FROM objects"
         ):
-            self._objects.setdefault(kind, {})[(namespace, name)] = orjson.loads(data)
+            obj = orjson.loads(data)
+            self._objects.setdefault(kind, {})[(namespace, name)] = obj
+            self._track_uid(kind, (namespace, name), None, obj)
+        if self._db.execute("SELECT 1 FROM meta WHERE key = 'owners'").fetchone() is None:
+            self._build_owner_index()
         self._history: deque[Change] = deque(maxlen=max(1, history))
         rows = self._db.execute(
             "SELECT rv, type, kind, data, old FROM changes ORDER BY rv DESC LIMIT ?",
@@ -105,13 +120,30 @@ class Store:
             keys = [k for k in keys if k[0] == namespace]
         return [objects[k] for k in keys]
 
-    def all_objects(self) -> Iterator[tuple[str, Obj]]:
-        for kind, objects in self._objects.items():
-            for obj in list(objects.values()):
-                yield kind, obj
-
     def count(self, kind: str) -> int:
         return len(self._objects.get(kind, {}))
+
+    def by_uid(self, uid: str) -> tuple[str, Obj] | None:
+        """The object with this uid and its type key, if it is stored."""
+        found = self._uids.get(uid)
+        if found is None:
+            return None
+        kind, key = found
+        return kind, self._objects[kind][key]
+
+    def dependents(self, owner_uid: str) -> list[tuple[str, Obj]]:
+        """Objects with an ownerReference to `owner_uid` (type key, object), in key order."""
+        rows = self._db.execute(
+            "SELECT kind, namespace, name FROM owners WHERE owner_uid = ?"
+            " ORDER BY kind, namespace, name",
+            (owner_uid,),
+        ).fetchall()
+        found: list[tuple[str, Obj]] = []
+        for kind, namespace, name in rows:
+            obj = self._objects.get(kind, {}).get((namespace, name))
+            if obj is not None:
+                found.append((kind, obj))
+        return found
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -127,14 +159,20 @@ class Store:
         namespace, name = meta.get("namespace", ""), meta["name"]
         data = orjson.dumps(obj)
         change = Change(rv, "ADDED" if old is None else "MODIFIED", kind, obj, old)
-        self._commit(
-            "INSERT OR REPLACE INTO objects (kind, namespace, name, rv, data)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (kind, namespace, name, rv, data),
-            change,
-            data,
-        )
+        # What the table holds now (the caller's `old` is only what watchers are told).
+        stored = self._objects.get(kind, {}).get((namespace, name))
+
+        def write() -> None:
+            self._db.execute(
+                "INSERT OR REPLACE INTO objects (kind, namespace, name, rv, data)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (kind, namespace, name, rv, data),
+            )
+            self._index_owners(kind, namespace, name, _owner_uids(stored), _owner_uids(obj))
+
+        self._commit(write, change, data)
         self._objects.setdefault(kind, {})[(namespace, name)] = obj
+        self._track_uid(kind, (namespace, name), stored, obj)
         self._emit(change)
         return obj
 
@@ -145,22 +183,27 @@ class Store:
         rv = self._next_rv()
         gone = {**obj, "metadata": {**meta, "resourceVersion": str(rv)}}
         change = Change(rv, "DELETED", kind, gone, obj)
-        self._commit(
-            "DELETE FROM objects WHERE kind = ? AND namespace = ? AND name = ?",
-            (kind, namespace, name),
-            change,
-            orjson.dumps(gone),
-        )
+        stored = self._objects.get(kind, {}).get((namespace, name))
+
+        def write() -> None:
+            self._db.execute(
+                "DELETE FROM objects WHERE kind = ? AND namespace = ? AND name = ?",
+                (kind, namespace, name),
+            )
+            self._index_owners(kind, namespace, name, _owner_uids(stored), set())
+
+        self._commit(write, change, orjson.dumps(gone))
         self._objects.get(kind, {}).pop((namespace, name), None)
+        self._track_uid(kind, (namespace, name), stored, None)
         self._emit(change)
         return gone
 
-    def _commit(self, statement: str, params: tuple[Any, ...], change: Change, data: bytes) -> None:
+    def _commit(self, write: Callable[[], None], change: Change, data: bytes) -> None:
         """One write with its change-log entry and the new resourceVersion, in one transaction;
         on failure nothing is kept and the resourceVersion is handed back."""
         self._db.execute("BEGIN")
         try:
-            self._db.execute(statement, params)
+            write()
             self._log(change, data)
             self._save_rv(change.rv)
             self._db.execute("COMMIT")
@@ -181,6 +224,58 @@ class Store:
         if self._writes >= max(64, limit // 8):
             self._writes = 0
             self._db.execute("DELETE FROM changes WHERE rv <= ?", (change.rv - limit,))
+
+    # -- owner index and uid map -------------------------------------------------------------
+
+    def _index_owners(
+        self, kind: str, namespace: str, name: str, before: set[str], after: set[str]
+    ) -> None:
+        """Bring one object's rows of the owner index from `before` to `after` owner uids."""
+        gone = [(uid, kind, namespace, name) for uid in before - after]
+        added = [(uid, kind, namespace, name) for uid in after - before]
+        if gone:
+            self._db.executemany(
+                "DELETE FROM owners WHERE owner_uid = ? AND kind = ? AND namespace = ?"
+                " AND name = ?",
+                gone,
+            )
+        if added:
+            self._db.executemany(
+                "INSERT OR IGNORE INTO owners (owner_uid, kind, namespace, name)"
+                " VALUES (?, ?, ?, ?)",
+                added,
+            )
+
+    def _build_owner_index(self) -> None:
+        """Fill the owner index from the objects, once, for a database written before it
+        existed; the marker in `meta` says it is complete."""
+        rows = [
+            (uid, kind, namespace, name)
+            for kind, objects in self._objects.items()
+            for (namespace, name), obj in objects.items()
+            for uid in _owner_uids(obj)
+        ]
+        self._db.execute("BEGIN")
+        try:
+            self._db.execute("DELETE FROM owners")
+            self._db.executemany(
+                "INSERT OR IGNORE INTO owners (owner_uid, kind, namespace, name)"
+                " VALUES (?, ?, ?, ?)",
+                rows,
+            )
+            self._db.execute("INSERT INTO meta (key, value) VALUES ('owners', 1)")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def _track_uid(self, kind: str, key: ObjKey, before: Obj | None, after: Obj | None) -> None:
+        old_uid = _uid(before)
+        new_uid = _uid(after)
+        if old_uid is not None and old_uid != new_uid and self._uids.get(old_uid) == (kind, key):
+            del self._uids[old_uid]
+        if new_uid is not None:
+            self._uids[new_uid] = (kind, key)
 
     def _save_rv(self, rv: int) -> None:
         self._db.execute(
@@ -218,3 +313,19 @@ class Store:
             changes.append(change)
         changes.reverse()
         return changes
+
+
+def _uid(obj: Obj | None) -> str | None:
+    uid = obj["metadata"].get("uid") if obj is not None else None
+    return uid if isinstance(uid, str) else None
+
+
+def _owner_uids(obj: Obj | None) -> set[str]:
+    """The owner uids an object's ownerReferences name (entries without a string uid own
+    nothing)."""
+    if obj is None:
+        return set()
+    refs = obj["metadata"].get("ownerReferences")
+    if not isinstance(refs, list):
+        return set()
+    return {ref["uid"] for ref in refs if isinstance(ref, dict) and isinstance(ref.get("uid"), str)}

@@ -1,5 +1,6 @@
 """Watch streams: ADDED/MODIFIED/DELETED from a resourceVersion, BOOKMARKs, timeouts, and
-the `410 Expired` ERROR event when the version is older than the retained history."""
+the `410 Expired` ERROR event when the version is older than the retained history. `Watches`
+holds what the open streams of one server share."""
 
 from __future__ import annotations
 
@@ -75,83 +76,101 @@ class _Subscription:
         self.wakeup.set()
 
 
-async def stream_watch(core: Core, params: WatchParams, receive: Receive, send: Send) -> None:
-    rt = params.rt
-    labels = parse_label_selector(params.label_selector) if params.label_selector else []
-    fields = (
-        parse_field_selector(params.field_selector, rt.field_selectors)
-        if params.field_selector
-        else []
-    )
-    namespace = params.namespace if rt.namespaced else None
+class Watches:
+    """The open watch streams of one server and what they share: each event line encoded
+    once per (resourceVersion, type, apiVersion) for all its watchers, and the set of open
+    streams, so that shutdown can end them."""
 
-    def matches(obj: Obj | None) -> bool:
-        if obj is None:
-            return False
-        if namespace is not None and obj["metadata"].get("namespace") != namespace:
-            return False
-        return (not labels or labels_match(labels, obj)) and (
-            not fields or fields_match(fields, obj)
+    ENCODED_LIMIT = 4096
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.encoded: dict[tuple[int, str, str], bytes] = {}
+        self.open: set[_Subscription] = set()
+
+    def close_all(self) -> None:
+        """End every open watch after what is pending (server shutdown)."""
+        for subscription in list(self.open):
+            subscription.close()
+
+    async def stream(self, params: WatchParams, receive: Receive, send: Send) -> None:
+        """Serve one watch request until its timeout, the client leaving or shutdown."""
+        rt = params.rt
+        labels = parse_label_selector(params.label_selector) if params.label_selector else []
+        fields = (
+            parse_field_selector(params.field_selector, rt.field_selectors)
+            if params.field_selector
+            else []
         )
+        namespace = params.namespace if rt.namespaced else None
 
-    store = core.store
-    subscription = _Subscription(rt.key)
-    initial: list[Obj] = []
-    replay: list[Change] = []
-    expired: ApiError | None = None
-    rv_text = params.resource_version
-    snapshot_rv = store.rv  # what the initial events show; later changes arrive as events
-    if rv_text in ("", "0") or params.send_initial_events:
-        initial = [obj for obj in store.items(rt.key, namespace) if matches(obj)]
-    else:
-        try:
-            start = int(rv_text)
-        except ValueError as exc:
-            raise bad_request(f"invalid resourceVersion {rv_text!r}") from exc
-        try:
-            replay = [c for c in store.since(start) if c.key == rt.key]
-        except ExpiredError:
-            expired = ApiError(
-                410, f"too old resource version: {start} ({store.horizon})", "Expired"
+        def matches(obj: Obj | None) -> bool:
+            if obj is None:
+                return False
+            if namespace is not None and obj["metadata"].get("namespace") != namespace:
+                return False
+            return (not labels or labels_match(labels, obj)) and (
+                not fields or fields_match(fields, obj)
             )
-    store.subscribe(subscription)
-    core.active_watches.add(subscription)
-    try:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"cache-control", b"no-cache, private"),
-                ],
-            }
-        )
-        writer = _Writer(core, params, send)
-        if expired is not None:
-            writer.raw("ERROR", expired.status())
+
+        store = self.core.store
+        subscription = _Subscription(rt.key)
+        initial: list[Obj] = []
+        replay: list[Change] = []
+        expired: ApiError | None = None
+        rv_text = params.resource_version
+        snapshot_rv = store.rv  # what the initial events show; later changes arrive as events
+        if rv_text in ("", "0") or params.send_initial_events:
+            initial = [obj for obj in store.items(rt.key, namespace) if matches(obj)]
+        else:
+            try:
+                start = int(rv_text)
+            except ValueError as exc:
+                raise bad_request(f"invalid resourceVersion {rv_text!r}") from exc
+            try:
+                replay = [c for c in store.since(start) if c.key == rt.key]
+            except ExpiredError:
+                expired = ApiError(
+                    410, f"too old resource version: {start} ({store.horizon})", "Expired"
+                )
+        store.subscribe(subscription)
+        self.open.add(subscription)
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"cache-control", b"no-cache, private"),
+                    ],
+                }
+            )
+            writer = _Writer(self, params, send)
+            if expired is not None:
+                writer.raw("ERROR", expired.status())
+                await writer.flush()
+                return
+            for obj in initial:
+                writer.event("ADDED", obj)
+                if len(writer.buffer) >= FLUSH_BYTES:
+                    await writer.flush()
+            if params.send_initial_events and params.bookmarks:
+                writer.bookmark(str(snapshot_rv), initial_end=True)
+            for change in replay:
+                _deliver(writer, change, matches)
+                if len(writer.buffer) >= FLUSH_BYTES:
+                    await writer.flush()
             await writer.flush()
-            return
-        for obj in initial:
-            writer.event("ADDED", obj)
-            if len(writer.buffer) >= FLUSH_BYTES:
-                await writer.flush()
-        if params.send_initial_events and params.bookmarks:
-            writer.bookmark(str(snapshot_rv), initial_end=True)
-        for change in replay:
-            _deliver(writer, change, matches)
-            if len(writer.buffer) >= FLUSH_BYTES:
-                await writer.flush()
-        await writer.flush()
-        async with anyio.create_task_group() as group:
-            group.start_soon(_watch_disconnect, receive, group.cancel_scope)
-            await _pump(writer, subscription, matches, params, store_rv=lambda: store.rv)
-            group.cancel_scope.cancel()
-    finally:
-        store.unsubscribe(subscription)
-        core.active_watches.discard(subscription)
-        with contextlib.suppress(Exception):  # the client may be gone already
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            async with anyio.create_task_group() as group:
+                group.start_soon(_watch_disconnect, receive, group.cancel_scope)
+                await _pump(writer, subscription, matches, params, store_rv=lambda: store.rv)
+                group.cancel_scope.cancel()
+        finally:
+            store.unsubscribe(subscription)
+            self.open.discard(subscription)
+            with contextlib.suppress(Exception):  # the client may be gone already
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
@@ -214,8 +233,9 @@ def _deliver(writer: _Writer, change: Change, matches: Callable[[Obj | None], bo
 
 
 class _Writer:
-    def __init__(self, core: Core, params: WatchParams, send: Send) -> None:
-        self.core = core
+    def __init__(self, watches: Watches, params: WatchParams, send: Send) -> None:
+        self.watches = watches
+        self.core = watches.core
         self.params = params
         self.send = send
         self.columns_sent = False
@@ -239,10 +259,10 @@ class _Writer:
             return
         if params.table is None and rv is not None:
             key = (rv, kind, params.rt.api_version(params.version))
-            encoded = self.core.encoded_events
+            encoded = self.watches.encoded
             line = encoded.get(key)
             if line is None:
-                if len(encoded) >= 4096:
+                if len(encoded) >= Watches.ENCODED_LIMIT:
                     encoded.clear()
                 out = self.core.output(params.rt, params.version, obj)
                 line = orjson.dumps({"type": kind, "object": out}) + b"\n"

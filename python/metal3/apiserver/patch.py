@@ -1,12 +1,15 @@
-"""Patch formats: JSON merge patch (RFC 7386), JSON patch (RFC 6902) and the subset of
-Kubernetes strategic merge patch that built-in kinds need (maps merge, lists replace)."""
+"""Patch formats: JSON merge patch (RFC 7386), JSON patch (RFC 6902) and Kubernetes
+strategic merge patch for the built-in kinds (the algorithm is in `strategic_merge`, the
+kinds' merge keys in `patch_meta`)."""
 
 from __future__ import annotations
 
 import copy
 from typing import Any
 
+from metal3.apiserver import strategic_merge
 from metal3.apiserver.errors import ApiError, bad_request
+from metal3.apiserver.patch_meta import Fields, fields_for
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -22,28 +25,16 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
-def strategic_merge_patch(target: Any, patch: Any) -> Any:
-    """Strategic merge patch without per-field merge keys: directives are dropped, maps merge
-    and lists are replaced (what the schema-less types we serve get on a real server)."""
+def strategic_merge_patch(target: Any, patch: Any, fields: Fields | None = None) -> Any:
+    """Kubernetes strategic merge patch of a built-in object. `fields` is the kind's patch
+    metadata; by default it is looked up from the target's `apiVersion` and `kind`."""
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
-    if patch.get("$patch") == "delete":
-        return None
-    if patch.get("$patch") == "replace":
-        return {k: copy.deepcopy(v) for k, v in patch.items() if not k.startswith("$")}
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if key.startswith("$") or key.startswith("$setElementOrder/"):
-            continue
-        if value is None:
-            result.pop(key, None)
-        else:
-            merged = strategic_merge_patch(result.get(key), value)
-            if merged is None:
-                result.pop(key, None)
-            else:
-                result[key] = merged
-    return result
+    if not isinstance(target, dict):
+        target = {}
+    if fields is None:
+        fields = fields_for(target.get("apiVersion"), target.get("kind"))
+    return strategic_merge.apply(target, patch, fields)
 
 
 class PatchTestFailedError(ApiError):

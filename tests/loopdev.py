@@ -88,6 +88,9 @@ def attached(backing: Path, *, direct_io: bool = False) -> Iterator[LoopDevice]:
                 )
         yield dev
     finally:
+        # Partition nodes a test made (partx -a) outlive the detach and would appear on the next
+        # device attached at this number: drop them first (nothing to drop is not an error).
+        subprocess.run(["partx", "--delete", str(dev.path)], capture_output=True, timeout=60)
         detach = subprocess.run(
             [losetup, "--detach", str(dev.path)], capture_output=True, text=True, timeout=60
         )

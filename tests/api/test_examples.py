@@ -21,14 +21,45 @@ SCHEMAS = {
 }
 
 
-@pytest.mark.parametrize(("name", "obj"), valid_examples(), ids=[n for n, _ in valid_examples()])
+CUSTOM = [(name, obj) for name, obj in valid_examples() if obj["kind"] in SCHEMAS]
+SECRETS = [(name, obj) for name, obj in valid_examples() if obj["kind"] == "Secret"]
+
+
+def test_examples_are_custom_resources_or_secrets() -> None:
+    assert [n for n, o in valid_examples() if o["kind"] not in {*SCHEMAS, "Secret"}] == []
+    assert {o["kind"] for _, o in CUSTOM} == set(SCHEMAS)
+
+
+@pytest.mark.parametrize(("name", "obj"), CUSTOM, ids=[n for n, _ in CUSTOM])
 def test_valid_example_passes(name: str, obj: dict[str, Any]) -> None:
-    if obj["kind"] == "Secret":
-        return
     admitted = copy.deepcopy(obj)
     pruned, errors = admit(admitted, SCHEMAS[obj["kind"]])
     assert errors == []
     assert pruned == [], "examples must not carry fields the API server would drop"
+
+
+# Kubernetes' rules for a Secret (core/v1 types and apimachinery's name validation).
+SECRET_FIELDS = {"apiVersion", "kind", "metadata", "type", "data", "stringData", "immutable"}
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+
+
+@pytest.mark.parametrize(("name", "obj"), SECRETS, ids=[n for n, _ in SECRETS])
+def test_example_secret_is_a_valid_opaque_secret(name: str, obj: dict[str, Any]) -> None:
+    assert obj["apiVersion"] == "v1"
+    assert set(obj) <= SECRET_FIELDS, "examples must not carry fields the API server would drop"
+    assert obj.get("type") == "Opaque"
+    metadata = obj["metadata"]
+    assert DNS1123_SUBDOMAIN.match(metadata["name"]) and len(metadata["name"]) <= 253
+    assert DNS1123_LABEL.match(metadata["namespace"]) and len(metadata["namespace"]) <= 63
+    data, string_data = obj.get("data") or {}, obj.get("stringData") or {}
+    assert data or string_data, "a Secret with no values"
+    for key, value in {**data, **string_data}.items():
+        assert SECRET_KEY.match(key) and len(key) <= 253, key
+        assert isinstance(value, str), key
+    for key, value in data.items():
+        assert base64.b64decode(value, validate=True), f"data.{key} is empty"
 
 
 def test_every_host_example_has_usable_credentials() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import subprocess
 from typing import Any
 
 import orjson
@@ -12,6 +13,8 @@ from api.examples import valid_examples
 from metal3.api import BareMetalHost, HardwareData, HardwareDetails, ModelError
 from metal3.api.baremetalhost import BareMetalHostSpec, BMCDetails, Image
 from metal3.api.constants import API_VERSION, ProvisioningState
+from metal3.bmc.credentials import credentials_from_secret
+from metal3.controllers.baremetalhost.reconciler import secret_value
 
 MODELS: dict[str, type[BareMetalHost] | type[HardwareData]] = {
     "BareMetalHost": BareMetalHost,
@@ -19,12 +22,20 @@ MODELS: dict[str, type[BareMetalHost] | type[HardwareData]] = {
 }
 
 
-@pytest.mark.parametrize(("name", "obj"), valid_examples(), ids=[n for n, _ in valid_examples()])
+EXAMPLES = valid_examples()
+MODELLED = [(name, obj) for name, obj in EXAMPLES if obj["kind"] in MODELS]
+SECRETS = [(name, obj) for name, obj in EXAMPLES if obj["kind"] == "Secret"]
+
+
+def test_every_example_is_a_modelled_type_or_a_secret() -> None:
+    assert [name for name, obj in EXAMPLES if obj["kind"] not in {*MODELS, "Secret"}] == []
+    assert {obj["kind"] for _, obj in MODELLED} == set(MODELS)
+    assert SECRETS
+
+
+@pytest.mark.parametrize(("name", "obj"), MODELLED, ids=[n for n, _ in MODELLED])
 def test_examples_round_trip_losslessly(name: str, obj: dict[str, Any]) -> None:
-    model = MODELS.get(obj["kind"])
-    if model is None:  # Secrets ride along in the example files
-        assert obj["kind"] == "Secret"
-        return
+    model = MODELS[obj["kind"]]
     original = copy.deepcopy(obj)
     parsed = model.from_json(obj)
     assert parsed.to_json() == original
@@ -32,6 +43,29 @@ def test_examples_round_trip_losslessly(name: str, obj: dict[str, Any]) -> None:
     again = model.loads(orjson.dumps(original))
     assert orjson.loads(again.dumps()) == original
     assert obj == original, "parsing must not modify its input"
+
+
+def base64_tool_decode(text: str) -> str:
+    """Reference decoding by coreutils `base64 -d`."""
+    out = subprocess.run(["base64", "-d"], input=text.encode(), capture_output=True, check=True)
+    return out.stdout.decode()
+
+
+@pytest.mark.parametrize(("name", "obj"), SECRETS, ids=[n for n, _ in SECRETS])
+def test_example_secrets_read_as_stored(name: str, obj: dict[str, Any]) -> None:
+    """The operator reads Secrets as plain objects: every value comes out as `base64 -d` (for
+    data) or the manifest (for stringData) gives it, and reading modifies nothing."""
+    original = copy.deepcopy(obj)
+    expected = {key: base64_tool_decode(value) for key, value in (obj.get("data") or {}).items()}
+    expected.update(obj.get("stringData") or {})
+    assert expected, f"{name} holds no values"
+    assert {key: secret_value(obj, key) for key in expected} == expected
+    if {"username", "password"} <= set(expected):
+        credentials = credentials_from_secret(obj)
+        assert credentials.username == expected["username"]
+        assert credentials.password == expected["password"]
+        assert expected["password"] not in repr(credentials)
+    assert obj == original, "reading must not modify its input"
 
 
 def full_host() -> dict[str, Any]:

@@ -16,6 +16,7 @@ from metal3.controllers.baremetalhost import Settings
 from metal3.kube.client import ApiError, KubeClient
 from metal3.kube.resources import BAREMETALHOSTS, NAMESPACES, SECRETS
 from metal3.operator import Operator, OperatorOptions
+from metal3.provisioner.base import ProvisionerFactory
 from metal3.provisioner.fixture import FixtureProvisionerFactory, FixtureWorld
 
 REPO = Path(__file__).resolve().parents[2]
@@ -174,9 +175,11 @@ async def running_operator(
     namespace: str | None = None,
     settings: Settings = FAST,
     concurrency: int = 4,
+    provisioners: ProvisionerFactory | None = None,
     **options: Any,
 ) -> AsyncIterator[Operator]:
-    """An operator on the test API server until the block ends (then a clean shutdown)."""
+    """An operator on the test API server until the block ends (then a clean shutdown); its
+    provisioners are the fixture's on ``world`` unless a factory is given."""
     operator = Operator(
         OperatorOptions(
             kubeconfig=str(kubeconfig),
@@ -186,7 +189,7 @@ async def running_operator(
             grace_period=5.0,
             **options,
         ),
-        FixtureProvisionerFactory(world),
+        provisioners or FixtureProvisionerFactory(world),
     )
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:

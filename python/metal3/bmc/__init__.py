@@ -2,6 +2,7 @@
 
 `connect(address, credentials)` picks the driver the address scheme names and returns a `BMC`
 (see `metal3.bmc.interface`). Drivers import their protocol library only when used.
+`registration_error_message` words a BMC error as upstream reports a failed registration.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from metal3.bmc.errors import (
     BMCError,
     BMCRefusedError,
     BMCTimeoutError,
+    BMCUnknownTypeError,
     BMCUnreachableError,
     BMCUnsupportedError,
 )
-from metal3.bmc.interface import BMC, BootDevice, BootSettings, Inventory, PowerState
+from metal3.bmc.interface import BMC, BootDevice, BootSettings, Inventory, PowerAction, PowerState
+from metal3.bmc.registration import registration_error_message, registration_precheck
 
 __all__ = [
     "BMC",
@@ -33,6 +36,7 @@ __all__ = [
     "BMCError",
     "BMCRefusedError",
     "BMCTimeoutError",
+    "BMCUnknownTypeError",
     "BMCUnreachableError",
     "BMCUnsupportedError",
     "BootDevice",
@@ -40,10 +44,13 @@ __all__ = [
     "Credentials",
     "Driver",
     "Inventory",
+    "PowerAction",
     "PowerState",
     "connect",
     "credentials_from_secret",
     "parse_address",
+    "registration_error_message",
+    "registration_precheck",
 ]
 
 

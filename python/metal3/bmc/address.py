@@ -15,7 +15,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from urllib.parse import parse_qs, urlsplit
 
-from metal3.bmc.errors import BMCAddressError
+from metal3.bmc.errors import BMCAddressError, BMCUnknownTypeError
 
 
 class Driver(StrEnum):
@@ -216,7 +216,7 @@ def parse_address(address: str) -> BMCAddress:
     info = SCHEMES.get(scheme)
     if info is None:
         known = ", ".join(sorted(SCHEMES))
-        raise _fail(address, f"unknown BMC type {scheme!r} (known: {known})")
+        raise BMCUnknownTypeError(address, scheme, f"unknown BMC type {scheme!r} (known: {known})")
     if "@" in url_text.split("://", 1)[1].split("/", 1)[0]:
         # Never echo what could be a password: credentials belong in the Secret.
         raise _fail(

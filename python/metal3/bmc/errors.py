@@ -28,6 +28,14 @@ class BMCAddressError(BMCError, ValueError):
     kind = "invalid-address"
 
 
+class BMCUnknownTypeError(BMCAddressError):
+    """The address names a scheme (BMC type) no driver handles."""
+
+    def __init__(self, address: str, bmc_type: str, message: str) -> None:
+        super().__init__(address, message)
+        self.bmc_type = bmc_type
+
+
 class BMCCredentialsError(BMCError, ValueError):
     """The credentials Secret is missing a key, has an empty value or is not decodable."""
 

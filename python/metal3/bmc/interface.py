@@ -3,7 +3,8 @@
 `BMC` is an abstract base class: drivers override what their protocol offers, and everything
 else raises BMCUnsupportedError, so a caller can try an operation and get a clear answer.
 Every method is a coroutine; drivers keep their blocking libraries off the event loop, bound
-their concurrency and put a deadline on each call.
+their concurrency and put a deadline on each call. Power comes two ways: `request_power` sends
+a request and returns (poll `power_state`), `power_on`/`power_off`/`reboot` wait for the result.
 """
 
 from __future__ import annotations
@@ -135,7 +136,15 @@ class BMC(abc.ABC):
 
     @abc.abstractmethod
     async def _send_power(self, action: PowerAction) -> None:
-        """Ask the BMC for ``action``; return without waiting for it to take effect."""
+        """Driver hook: ask the BMC for ``action``; return without waiting for its effect."""
+
+    async def request_power(self, action: PowerAction) -> None:
+        """Ask the BMC for ``action`` and return once it accepted the request, without waiting
+        for the power to change: BMCs apply it seconds later, so poll :meth:`power_state` for
+        the outcome. For callers that must not wait (a reconcile); power_on, power_off and
+        reboot below wait until the state is reached.
+        """
+        await self._send_power(action)
 
     async def _wait_power(self, want: PowerState, limit: float) -> bool:
         """Poll until the BMC reports ``want``; False when ``limit`` seconds pass first.

@@ -2,7 +2,8 @@
 
 Reconciling is level-triggered: the function gets only the key, reads the current state from the
 informer caches, and makes the world match. Its :class:`Result` says when to look again; an
-exception requeues the key with per-key exponential backoff. On shutdown the queue stops handing
+exception, or a result asking for ``backoff``, requeues the key with per-key exponential backoff
+that keeps growing until a reconcile of that key succeeds. On shutdown the queue stops handing
 out keys and in-flight reconciles get a grace period to finish.
 """
 
@@ -37,9 +38,15 @@ ACTIVE_WORKERS = Gauge("controller_runtime_active_workers", "Busy workers", ["co
 
 @dataclass(frozen=True)
 class Result:
-    """What a reconcile asks for next: nothing, or another look after ``requeue_after`` s."""
+    """What a reconcile asks for next: nothing, or another look after ``requeue_after`` s.
+
+    ``backoff``: the reconcile failed without raising (e.g. the API refused a write it will
+    refuse again): look again after the queue's per-key backoff, which this does not reset, so
+    a failure that repeats is retried less and less often instead of in a hot loop.
+    """
 
     requeue_after: float | None = None
+    backoff: bool = False
 
 
 Reconcile = Callable[[ObjectKey], Awaitable[Result]]
@@ -76,18 +83,25 @@ class Controller:
                 log.exception("%s: reconciling %s/%s failed", self.name, *key)
                 self.queue.add_rate_limited(key)
             else:
-                self.queue.forget(key)
-                if result.requeue_after is not None:
-                    RECONCILE_TOTAL.labels(self.name, "requeue_after").inc()
-                    self.queue.add_after(key, result.requeue_after)
-                else:
-                    RECONCILE_TOTAL.labels(self.name, "success").inc()
+                self._requeue(key, result)
             finally:
                 self.reconciles += 1
                 RECONCILE_TIME.labels(self.name).observe(time.perf_counter() - started)
                 ACTIVE_WORKERS.labels(self.name).dec()
                 self.queue.done(key)
                 QUEUE_DEPTH.labels(self.name).set(len(self.queue))
+
+    def _requeue(self, key: ObjectKey, result: Result) -> None:
+        if result.backoff:
+            RECONCILE_TOTAL.labels(self.name, "requeue").inc()
+            self.queue.add_rate_limited(key)
+            return
+        self.queue.forget(key)  # success: the next failure starts from the shortest delay
+        if result.requeue_after is not None:
+            RECONCILE_TOTAL.labels(self.name, "requeue_after").inc()
+            self.queue.add_after(key, result.requeue_after)
+        else:
+            RECONCILE_TOTAL.labels(self.name, "success").inc()
 
     async def serve(self, stop: anyio.Event, *, grace_period: float = 30.0) -> None:
         """Work until ``stop`` is set (or this task is cancelled), then drain: the queue hands

@@ -31,9 +31,11 @@ from metal3.api.constants import (
 )
 from metal3.api.constants import ProvisioningState as S
 from metal3.api.hardware import HardwareDetails
+from metal3.api.meta import SecretReference
 from metal3.api.model import ModelError
 from metal3.controllers.baremetalhost import metrics
 from metal3.controllers.baremetalhost.state_machine import (
+    ConfigDataError,
     HostStateMachine,
     Settings,
     StepContext,
@@ -120,7 +122,8 @@ class BareMetalHostReconciler:
             refs.add((namespace, (spec.get("bmc") or {}).get("credentialsName") or ""))
             for field in ("userData", "networkData", "metaData"):
                 ref = spec.get(field) or {}
-                refs.add((ref.get("namespace") or namespace, ref.get("name") or ""))
+                if ref.get("namespace") in (None, "", namespace):  # others are refused anyway
+                    refs.add((namespace, ref.get("name") or ""))
             refs.add((namespace, spec.get("preprovisioningNetworkDataName") or ""))
         old = self._secrets_of.pop(key, set())
         for ref in old - refs:
@@ -157,11 +160,41 @@ class BareMetalHostReconciler:
         try:
             return await self._reconcile(key, obj)
         except ApiError as exc:
-            if exc.conflict or exc.not_found or exc.status == 422:
-                log.debug("%s/%s: %s; reconciling again", *key, exc)
-                return Result(requeue_after=0.0)
-            metrics.RECONCILE_ERRORS.inc()
-            raise
+            return await self._api_error(key, obj, exc)
+
+    async def _api_error(self, key: ObjectKey, obj: JsonObject, exc: ApiError) -> Result:
+        """How a reconcile that an API call failed goes on.
+
+        Every failure is retried with the work queue's per-key backoff, which grows until a
+        reconcile of the host succeeds: a write the API server refuses for good (422 Invalid,
+        400, 403, 404 of a host that still exists...) is refused again on every retry, and
+        retrying it at once was a hot loop. A refusal is reported in the log and as a Warning
+        Event on the host, not in its status: the status may be what the server refuses.
+        """
+        if exc.conflict:
+            # A stale cache or a concurrent writer: the next look sees the newer version.
+            log.debug("%s/%s: %s; reconciling again", *key, exc)
+            return Result(backoff=True)
+        if exc.not_found and await self._host_gone(key):
+            return Result()  # deleted meanwhile; its watch event ends the story
+        metrics.RECONCILE_ERRORS.inc()
+        if not _permanent(exc):
+            raise exc  # server trouble or throttling: the controller logs it and backs off
+        failures = self.controller.queue.failures(key) + 1
+        message = (
+            f"the API server refused a request ({exc}); retrying with backoff "
+            f"(failure {failures} in a row)"
+        )
+        log.warning("%s/%s: %s", *key, message)
+        self.recorder.record(obj, "Warning", "APIRequestRefused", message)
+        return Result(backoff=True)
+
+    async def _host_gone(self, key: ObjectKey) -> bool:
+        try:
+            await self.client.get(BAREMETALHOSTS, *key)
+        except ApiError as exc:
+            return exc.not_found
+        return False
 
     async def _reconcile(self, key: ObjectKey, obj: JsonObject) -> Result:
         # from_json builds new containers, so the host can be changed without touching the cache.
@@ -391,20 +424,56 @@ class BareMetalHostReconciler:
         return Result()  # the user must fix the Secret; its change will trigger a reconcile
 
     async def _user_data(self, host: BareMetalHost) -> tuple[str | None, str | None, str | None]:
+        """userData, networkData and metaData from their Secrets, as upstream reads them.
+
+        A Secret must be in the host's namespace (a host must not read another namespace's
+        Secrets); a missing Secret, or one without the key, raises ConfigDataError, and the host
+        waits in provisioning until it appears (its watch wakes the host). networkData without a
+        reference of its own comes from ``preprovisioningNetworkDataName``, and may be absent.
+        """
         spec = host.spec
         assert spec is not None and host.metadata is not None
-        found: list[str | None] = []
-        for ref, key in (
-            (spec.user_data, "userData"),
-            (spec.network_data, "networkData"),
-            (spec.meta_data, "metaData"),
-        ):
-            if ref is None or not ref.name:
-                found.append(None)
-                continue
-            secret = self._secret(ref.namespace or host.metadata.namespace or "", ref.name)
-            found.append(secret_value(secret, key) if secret else None)
-        return found[0], found[1], found[2]
+        namespace = host.metadata.namespace or ""
+        network_ref = spec.network_data
+        if network_ref is None and spec.preprovisioning_network_data_name:
+            network_ref = SecretReference(name=spec.preprovisioning_network_data_name)
+        return (
+            self._config_data(namespace, spec.user_data, "userData", key_required=True),
+            self._config_data(namespace, network_ref, "networkData", key_required=False),
+            self._config_data(namespace, spec.meta_data, "metaData", key_required=True),
+        )
+
+    def _config_data(
+        self, namespace: str, ref: SecretReference | None, field: str, *, key_required: bool
+    ) -> str | None:
+        """One configuration data item: the Secret's ``field`` key, else its ``value`` key."""
+        if ref is None:
+            return None
+        name = ref.name or ""
+        if ref.namespace and ref.namespace != namespace:
+            raise ConfigDataError(
+                field,
+                f"{ref.namespace}/{name}",
+                "cross-namespace Secret references are not allowed",
+            )
+        if not name:
+            raise ConfigDataError(field, "", "the reference names no Secret")
+        secret = self._secret(namespace, name)
+        if secret is None:
+            raise ConfigDataError(field, name, f"Secret not found in namespace {namespace!r}")
+        for key in (field, "value"):
+            if has_key(secret, key):
+                value = secret_value(secret, key)
+                if value is None:  # never the content: it is the secret
+                    raise ConfigDataError(field, name, f"key {key} is not base64 of UTF-8 text")
+                return value
+        if key_required:
+            raise ConfigDataError(field, name, f"the Secret has no key {field} (nor value)")
+        return None
+
+
+def has_key(secret: JsonObject, key: str) -> bool:
+    return key in (secret.get("data") or {}) or key in (secret.get("stringData") or {})
 
 
 def secret_value(secret: JsonObject, key: str) -> str | None:
@@ -418,6 +487,11 @@ def secret_value(secret: JsonObject, key: str) -> str | None:
     string_data: dict[str, Any] = secret.get("stringData") or {}
     value = string_data.get(key)
     return value if isinstance(value, str) else None
+
+
+def _permanent(exc: ApiError) -> bool:
+    """A refusal that repeats until something changes (4xx but 409 Conflict and 429 Throttled)."""
+    return 400 <= exc.status < 500 and exc.status not in (409, 429)
 
 
 def _name(obj: JsonObject) -> str:

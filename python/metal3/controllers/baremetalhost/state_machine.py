@@ -122,6 +122,27 @@ class Settings:
     in_progress_poll: float = 1.0  # seconds between polls of an operation in progress
 
 
+# How a configuration data error's message starts (upstream's wording): a host whose recorded
+# provisioning error starts so waits for its data in provisioning, other provisioning errors send
+# it back through deprovisioning.
+CONFIG_DATA_ERROR_PREFIX = "could not retrieve "
+
+
+class ConfigDataError(Exception):
+    """userData, networkData or metaData cannot be read (Secret missing, without the key, or in
+    another namespace). The message names the Secret, never its content."""
+
+    def __init__(self, field: str, secret: str, reason: str) -> None:
+        super().__init__(f'{CONFIG_DATA_ERROR_PREFIX}{field} secret "{secret}": {reason}')
+
+
+def waiting_for_config_data(host: BareMetalHost) -> bool:
+    status = ensure_status(host)
+    return status.error_type == ErrorType.PROVISIONING.value and (
+        status.error_message or ""
+    ).startswith(CONFIG_DATA_ERROR_PREFIX)
+
+
 @dataclass
 class StepContext:
     """Everything one reconcile of one host needs, and what it wants written back."""
@@ -133,6 +154,7 @@ class StepContext:
     settings: Settings
     busy_elsewhere: Callable[[], int]  # hosts in busy states, other than this one
     reserve_slot: Callable[[], None]  # count this host as busy from now on
+    # userData, networkData, metaData; raises ConfigDataError when one cannot be read.
     user_data: Callable[[], Awaitable[tuple[str | None, str | None, str | None]]]
     # Results for the reconciler to write:
     remove_annotations: set[str] = field(default_factory=set)
@@ -646,7 +668,8 @@ class HostStateMachine:
         return (status.provisioning_fail_count or 0) >= self.ctx.settings.max_provisioning_retries
 
     async def _handle_provisioning(self) -> Outcome:
-        if self.status.error_type or provisioning_cancelled(self.host):
+        waiting_for_data = waiting_for_config_data(self.host)
+        if (self.status.error_type and not waiting_for_data) or provisioning_cancelled(self.host):
             self.next_state = S.DEPROVISIONING
             return COMPLETE
         spec = self.host.spec
@@ -658,7 +681,13 @@ class HostStateMachine:
             if attempted is None or attempted.url != spec.image.url:
                 self.status.provisioning_fail_count = 0  # a new image starts a new count
             self.status.last_attempted_image = spec.image.copy()
-        user_data, network_data, meta_data = await self.ctx.user_data()
+        try:
+            user_data, network_data, meta_data = await self.ctx.user_data()
+        except ConfigDataError as exc:
+            # Nothing was attempted, so no provisioning failure is counted: retried in place.
+            return self._fail(ErrorType.PROVISIONING, str(exc))
+        if waiting_for_data:
+            clear_error(self.host)
         data = self._provision_data(user_data, network_data, meta_data)
         result = await self.ctx.provisioner.provision(data)
         outcome = self._outcome(result, ErrorType.PROVISIONING, "provision")

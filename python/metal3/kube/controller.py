@@ -60,6 +60,7 @@ class Controller:
         self.queue: WorkQueue[ObjectKey] = WorkQueue()
         self.reconciles = 0
         self.errors = 0
+        self._workers_scope: anyio.CancelScope | None = None
 
     def enqueue(self, key: ObjectKey) -> None:
         self.queue.add(key)
@@ -103,12 +104,18 @@ class Controller:
         else:
             RECONCILE_TOTAL.labels(self.name, "success").inc()
 
+    def abort(self) -> None:
+        """Cancel in-flight reconciles now, without the grace period: for a replica that lost
+        its leadership, whose reconciles could otherwise overlap the new leader's."""
+        if self._workers_scope is not None:
+            self._workers_scope.cancel()
+
     async def serve(self, stop: anyio.Event, *, grace_period: float = 30.0) -> None:
         """Work until ``stop`` is set (or this task is cancelled), then drain: the queue hands
         out no more keys and in-flight reconciles get ``grace_period`` seconds to finish."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.queue.run_timers)
-            workers_scope = anyio.CancelScope(shield=True)
+            workers_scope = self._workers_scope = anyio.CancelScope(shield=True)
 
             async def run_workers() -> None:
                 with workers_scope:

@@ -145,7 +145,11 @@ class Manager:
         try:
             await self.elector.keep_renewing()
         except Exception:
-            log.exception("leader election lost: stopping")
+            log.exception("leader election lost: stopping at once, without the grace period")
+            # Another replica may lead from the lease's expiry on: reconciles still running here
+            # past that would act on hosts beside it.
+            for controller in self.controllers:
+                controller.abort()
             stop.set()
 
 

@@ -42,6 +42,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "bmc", "talk to a BMC directly (power, boot device, virtual media, inventory, check)"
     ),
     Subcommand("image", "inspect or write disk images"),
+    Subcommand("agent", "run on a host: inventory, root device, clean, deploy, and the agent"),
 )
 NAMES: tuple[str, ...] = tuple(s.name for s in SUBCOMMANDS)
 

@@ -1,4 +1,5 @@
-"""The operator process: the manager with the BareMetalHost controller and a provisioner.
+"""The operator process: the manager with the BareMetalHost controller and a provisioner, and,
+when asked, the agent API (`metal3.agentapi`) the hosts' agents dial into.
 
 `metal3 operator` (against any API server) and `metal3 standalone` (with the embedded one) both
 run an :class:`Operator`; tests run it in-process to stop and restart it at will.
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import anyio
 
+from metal3.agentapi.app import AgentApi
+from metal3.agentapi.server import AgentApiOptions, AgentServer
 from metal3.controllers.baremetalhost import BareMetalHostReconciler, Settings
 from metal3.kube.client import KubeClient
 from metal3.kube.events import EventRecorder, EventSource
@@ -41,6 +44,7 @@ class OperatorOptions:
     leader_election_namespace: str = "default"
     grace_period: float = 30.0
     settings: Settings = field(default_factory=Settings)
+    agent_api: AgentApiOptions | None = None  # serve the agent API (None: not at all)
 
 
 def make_provisioners(options: OperatorOptions) -> ProvisionerFactory:
@@ -57,6 +61,8 @@ class Operator:
         self.provisioners = provisioners or make_provisioners(options)
         self.manager: Manager | None = None
         self.reconciler: BareMetalHostReconciler | None = None
+        self.agent_api: AgentApi | None = None
+        self.agent_url = ""  # https://HOST:PORT of the agent API, once bound
         self.started = anyio.Event()
 
     async def run(self, stop: anyio.Event) -> None:
@@ -92,8 +98,47 @@ class Operator:
                 workers=options.concurrency,
             )
             self.manager = manager
+            agent_server = self._agent_server(client) if options.agent_api else None
             self.started.set()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(recorder.run)
+                agent_stopped = anyio.Event()
+                if agent_server is not None:
+                    tg.start_soon(agent_server.app.run)
+                    tg.start_soon(_serve_until, agent_server, stop, agent_stopped)
                 await manager.run(stop)
+                if agent_server is not None:
+                    agent_server.stop()
+                    with anyio.move_on_after(5):
+                        await agent_stopped.wait()
                 tg.cancel_scope.cancel()
+
+    def _agent_server(self, client: KubeClient) -> AgentServer:
+        """The agent API, bound now (a busy port fails the start, not a later request)."""
+        options = self.options.agent_api
+        assert options is not None
+        self.agent_api = AgentApi(
+            client,
+            namespace=self.options.namespace,
+            rate_limit=options.rate_limit,
+            on_result=self._agent_result,
+            poll_seconds=options.poll_seconds,
+        )
+        server = AgentServer(options, self.agent_api)
+        self.agent_url = server.url
+        return server
+
+    def _agent_result(self, namespace: str, name: str) -> None:
+        """An agent reported a result: reconcile its host now rather than at its next poll."""
+        if self.reconciler is not None:
+            self.reconciler.controller.enqueue((namespace, name))
+
+
+async def _serve_until(server: AgentServer, stop: anyio.Event, stopped: anyio.Event) -> None:
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.serve)
+            await stop.wait()
+            server.stop()
+    finally:
+        stopped.set()

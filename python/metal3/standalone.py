@@ -15,6 +15,8 @@ from pathlib import Path
 
 import anyio
 
+from metal3.agentapi.ratelimit import RateLimit
+from metal3.agentapi.server import AgentApiOptions, ensure_tls, parse_listen
 from metal3.api.crd import all_crds, render
 from metal3.apiserver.server import ServerConfig, prepare
 from metal3.operator import Operator, OperatorOptions
@@ -30,6 +32,9 @@ class StandaloneOptions:
     port: int = 0  # 0: any free port (the kubeconfig says which)
     # The operator's options; its kubeconfig is the embedded server's.
     operator: OperatorOptions = field(default_factory=OperatorOptions)
+    # HOST:PORT of the agent API (None: not served); its TLS files are made in the data dir.
+    agent_listen: str | None = None
+    agent_rate_limit: RateLimit = field(default_factory=RateLimit)
 
 
 class Standalone:
@@ -42,6 +47,8 @@ class Standalone:
         self.url = ""
         self.kubeconfig = options.data_dir / "kubeconfig"
         self.operator: Operator | None = None
+        self.agent_url = ""
+        self.agent_ca: Path | None = None  # the CA agents must trust
 
     def _crd_folder(self) -> Path:
         """The project's CRDs, written for the API server to preload (always current)."""
@@ -50,6 +57,23 @@ class Standalone:
         for name, crd in all_crds().items():
             (folder / name).write_text(render(crd))
         return folder
+
+    def _agent_api_options(self) -> AgentApiOptions | None:
+        """The operator's agent API options, with TLS files generated in the data directory
+        (kept across restarts, so agents keep trusting the CA)."""
+        options = self.options
+        if options.agent_listen is None:
+            return options.operator.agent_api
+        host, _ = parse_listen(options.agent_listen)
+        tls = ensure_tls(options.data_dir, host)
+        self.agent_ca = tls.ca_cert
+        return AgentApiOptions(
+            listen=options.agent_listen,
+            cert_file=tls.cert,
+            key_file=tls.key,
+            ca_file=tls.ca_cert,
+            rate_limit=options.agent_rate_limit,
+        )
 
     async def run(self, stop: anyio.Event) -> None:
         options = self.options
@@ -68,6 +92,7 @@ class Standalone:
             kubeconfig=str(server.kubeconfig),
             fixture_state=options.operator.fixture_state
             or options.data_dir / "fixture-hardware.json",
+            agent_api=self._agent_api_options(),
         )
         self.operator = Operator(operator_options, self.provisioners)
         async with anyio.create_task_group() as tg:
@@ -78,6 +103,7 @@ class Standalone:
             async with anyio.create_task_group() as operator_group:
                 operator_group.start_soon(self.operator.run, operator_stop)
                 await self.operator.started.wait()
+                self.agent_url = self.operator.agent_url
                 self.ready.set()
                 await stop.wait()
                 operator_stop.set()  # the operator drains while the API server still serves

@@ -153,9 +153,7 @@ def run_root_device(args: argparse.Namespace) -> int:
     if not isinstance(inventory, dict):
         return _fail("the inventory is not a JSON object")
     try:
-        disk = select_root_device(
-            inventory.get("disks") or [], hints, resolve_links=resolve_links
-        )
+        disk = select_root_device(inventory.get("disks") or [], hints, resolve_links=resolve_links)
     except AgentError as exc:
         return _fail(str(exc))
     _print_json(disk)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,8 @@ from metal3.provisioner import PROVISIONERS
 if TYPE_CHECKING:
     import anyio
 
+    from metal3.agentapi.ratelimit import RateLimit
+    from metal3.agentapi.server import AgentApiOptions
     from metal3.operator import OperatorOptions
 
 
@@ -44,6 +47,26 @@ def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--grace-period", type=float, default=30.0, help="seconds for shutdown")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--agent-listen",
+        metavar="HOST:PORT",
+        help="serve the agent API (HTTPS) the hosts' agents dial into (default: not served; "
+        "TLS from --agent-cert/--agent-key, or for standalone generated in DATA_DIR/agent-tls)",
+    )
+    parser.add_argument(
+        "--agent-rate-limit",
+        type=float,
+        default=20.0,
+        metavar="PER_SECOND",
+        help="agent API requests per second per client address, sustained (default: 20; "
+        "0: no limit)",
+    )
+    parser.add_argument(
+        "--agent-burst",
+        type=int,
+        default=40,
+        help="agent API requests per client address at once (default: 40)",
+    )
 
 
 def options_from(args: argparse.Namespace, **extra: Any) -> OperatorOptions:
@@ -74,6 +97,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fixture-state", type=Path, help="file keeping the fixture provisioner's hardware"
     )
+    parser.add_argument(
+        "--agent-cert",
+        type=Path,
+        help="PEM certificate (chain) of the agent API (with --agent-listen)",
+    )
+    parser.add_argument(
+        "--agent-key", type=Path, help="PEM private key of the agent API (with --agent-listen)"
+    )
     add_operator_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -98,18 +129,52 @@ def configure_logging(level: str) -> None:
     )
 
 
+def agent_rate_limit(args: argparse.Namespace) -> RateLimit:
+    from metal3.agentapi.ratelimit import RateLimit
+
+    return RateLimit(rate=args.agent_rate_limit, burst=args.agent_burst)
+
+
+def agent_api_options(args: argparse.Namespace) -> AgentApiOptions | None:
+    """The agent API's options from `--agent-*`; raises ValueError when they do not fit."""
+    from metal3.agentapi.server import AgentApiOptions, parse_listen
+
+    if args.agent_listen is None:
+        if args.agent_cert or args.agent_key:
+            raise ValueError("--agent-cert and --agent-key need --agent-listen")
+        return None
+    parse_listen(args.agent_listen)
+    if args.agent_cert is None or args.agent_key is None:
+        raise ValueError("--agent-listen needs --agent-cert and --agent-key (the API is HTTPS)")
+    for path in (args.agent_cert, args.agent_key):
+        if not path.is_file():
+            raise ValueError(f"{path}: no such file")
+    return AgentApiOptions(
+        listen=args.agent_listen,
+        cert_file=args.agent_cert,
+        key_file=args.agent_key,
+        rate_limit=agent_rate_limit(args),
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     import anyio
 
     from metal3.operator import Operator
 
     configure_logging(args.log_level)
+    try:
+        agent_api = agent_api_options(args)
+    except ValueError as exc:
+        print(f"metal3 operator: error: {exc}", file=sys.stderr)
+        return 2
     options = options_from(
         args,
         kubeconfig=args.kubeconfig,
         leader_elect=args.leader_elect,
         leader_election_namespace=args.leader_election_namespace,
         fixture_state=args.fixture_state,
+        agent_api=agent_api,
     )
 
     async def main() -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from metal3.cli.operator import (
     add_operator_arguments,
+    agent_rate_limit,
     configure_logging,
     options_from,
     stop_on_signals,
@@ -23,13 +25,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import anyio
 
+    from metal3.agentapi.server import parse_listen as parse_agent_listen
     from metal3.apiserver.server import parse_listen
     from metal3.standalone import Standalone, StandaloneOptions
 
     configure_logging(args.log_level)
     host, port = parse_listen(args.listen)
+    if args.agent_listen is not None:
+        try:
+            parse_agent_listen(args.agent_listen)
+        except ValueError as exc:
+            print(f"metal3 standalone: error: {exc}", file=sys.stderr)
+            return 2
     standalone = Standalone(
-        StandaloneOptions(data_dir=args.data_dir, host=host, port=port, operator=options_from(args))
+        StandaloneOptions(
+            data_dir=args.data_dir,
+            host=host,
+            port=port,
+            operator=options_from(args),
+            agent_listen=args.agent_listen,
+            agent_rate_limit=agent_rate_limit(args),
+        )
     )
 
     async def announce() -> None:
@@ -37,6 +53,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"metal3 standalone: API server at {standalone.url}", flush=True)
         print(f"kubeconfig: {standalone.kubeconfig}", flush=True)
         print(f"  KUBECONFIG={standalone.kubeconfig} kubectl get bmh -A", flush=True)
+        if standalone.agent_url:
+            print(
+                f"agent API at {standalone.agent_url} (agents trust CA {standalone.agent_ca})",
+                flush=True,
+            )
 
     async def main() -> None:
         stop = anyio.Event()

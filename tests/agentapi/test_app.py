@@ -1,0 +1,308 @@
+"""The agent API over HTTPS, in-process, on a real API server: lookup and tokens, commands
+from the host's state (long poll), results recorded once, config drive from Secrets, limits."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import logging
+import ssl
+from pathlib import Path
+
+import anyio
+import pytest
+
+from agentapi.harness import Harness, serving
+from metal3.agent.client import AgentClient
+from metal3.agent.errors import AgentError
+from metal3.agentapi.ratelimit import RateLimit
+from metal3.agentapi.records import AgentRecords
+from metal3.kube.resources import BAREMETALHOSTS
+
+pytestmark = pytest.mark.anyio
+
+MAC_A, MAC_B = "52:54:00:aa:00:01", "52:54:00:aa:00:02"
+IMAGE = {"url": "http://192.0.2.10/os.raw", "checksum": "a" * 64, "checksumType": "sha256"}
+
+
+async def lookup(h: Harness, mac: str) -> tuple[str, str | None]:
+    found = await h.call(lambda: h.agent().lookup([mac]))
+    return found.uid, found.token
+
+
+async def test_lookup_gives_the_token_once_and_knows_no_stranger(
+    kubeconfig: Path, namespace: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with serving(kubeconfig, namespace, tmp_path) as h:
+        created = await h.create_host("h1", MAC_A)
+        await h.wait_seen("h1", created["metadata"]["resourceVersion"])
+        found = await h.call(lambda: h.agent().lookup([MAC_A.upper().replace(":", "-")]))
+        assert (found.namespace, found.name, found.uid) == (
+            namespace,
+            "h1",
+            created["metadata"]["uid"],
+        )
+        assert found.token is not None and len(found.token) == 43
+        again = await h.call(lambda: h.agent().lookup([MAC_A]))
+        assert again.token is None  # kept hashed: never given twice
+        unknown = await h.refused(lambda: h.agent().lookup(["52:54:00:ff:ff:ff"]))
+        assert unknown.status == 404
+        bad = await h.refused(lambda: h.agent().lookup(["not-a-mac"]))
+        assert bad.status == 400
+        empty = await h.refused(lambda: h.agent().lookup([]))
+        assert empty.status == 400
+        # A MAC found by inspection identifies the host too.
+        nic = {"hardware": {"nics": [{"name": "eth1", "mac": "52:54:00:aa:00:99"}]}}
+        patched = await h.set_status("h1", "inspecting", **nic)
+        await h.wait_seen("h1", patched["metadata"]["resourceVersion"])
+        assert (await h.call(lambda: h.agent().lookup(["52:54:00:aa:00:99"]))).name == "h1"
+        # Two hosts with one MAC: refused, not a guess.
+        created = await h.create_host("h2", "52:54:00:aa:00:99")
+        await h.wait_seen("h2", created["metadata"]["resourceVersion"])
+        assert (await h.refused(lambda: h.agent().lookup(["52:54:00:aa:00:99"]))).status == 409
+    assert found.token not in caplog.text
+
+
+async def test_a_token_is_good_for_its_own_host_only(
+    kubeconfig: Path, namespace: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with serving(kubeconfig, namespace, tmp_path) as h:
+        a = await h.create_host("a", MAC_A)
+        b = await h.create_host("b", MAC_B)
+        await h.wait_seen("b", b["metadata"]["resourceVersion"])
+        await h.wait_seen("a", a["metadata"]["resourceVersion"])
+        uid_a, token_a = await lookup(h, MAC_A)
+        uid_b, token_b = await lookup(h, MAC_B)
+        assert token_a and token_b and token_a != token_b
+        agent = h.agent()
+        assert (await h.call(lambda: agent.command(uid_a, token_a)))["command"] == "wait"
+
+        def status_of(uid: str, header: str | None) -> int:
+            headers = {"Authorization": header} if header is not None else {}
+            context = ssl.create_default_context(cafile=str(h.ca_file))
+            port = int(h.url.rsplit(":", 1)[1])
+            connection = http.client.HTTPSConnection("127.0.0.1", port, context=context)
+            try:
+                connection.request("GET", f"/v1/hosts/{uid}/command", headers=headers)
+                return connection.getresponse().status
+            finally:
+                connection.close()
+
+        wrong = "A" * 43
+        cases = {
+            "missing": (uid_a, None, 401),
+            "not bearer": (uid_a, f"Basic {token_a}", 401),
+            "malformed": (uid_a, "Bearer xyz", 401),
+            "wrong": (uid_a, f"Bearer {wrong}", 403),
+            "b's token on a": (uid_a, f"Bearer {token_b}", 403),
+            "a's token on b": (uid_b, f"Bearer {token_a}", 403),
+            "unknown host": ("no-such-uid", f"Bearer {token_a}", 404),
+            "right": (uid_b, f"Bearer {token_b}", 200),
+        }
+        for case, (uid, header, expected) in cases.items():
+            got = await anyio.to_thread.run_sync(status_of, uid, header)
+            assert got == expected, case
+        refused = await h.refused(
+            lambda: agent.post_result(uid_b, token_a, "inspect-" + "0" * 24, "succeeded")
+        )
+        assert refused.status == 403
+    assert "refused GET /v1/hosts/" in caplog.text  # refusals are logged...
+    for token in (token_a, token_b, wrong):
+        assert token not in caplog.text  # ...without the token
+
+
+async def test_inspection_result_is_recorded_once_and_the_operator_is_told(
+    kubeconfig: Path, namespace: str, tmp_path: Path
+) -> None:
+    async with serving(kubeconfig, namespace, tmp_path) as h:
+        created = await h.create_host("h1", MAC_A)
+        patched = await h.set_status("h1", "inspecting")
+        await h.wait_seen("h1", patched["metadata"]["resourceVersion"])
+        uid, token = await lookup(h, MAC_A)
+        assert token is not None
+        agent = h.agent()
+        command = await h.call(lambda: agent.command(uid, token))
+        assert command["command"] == "inspect"
+        assert (await h.call(lambda: agent.command(uid, token)))["id"] == command["id"]
+        inventory = {"cpu": {"count": 2}, "hostname": "h1"}
+        first = await h.call(
+            lambda: agent.post_result(uid, token, command["id"], "succeeded", inventory)
+        )
+        repeat = await h.call(
+            lambda: agent.post_result(uid, token, command["id"], "succeeded", {"other": 1})
+        )
+        assert (first, repeat) == (True, False)
+        assert h.results == [(namespace, "h1")]  # on_result: once, for the recorded one
+        after = await h.call(lambda: agent.command(uid, token))
+        assert after["command"] == "wait"
+        record = await AgentRecords(h.client).get(created)
+        assert record.results[command["id"]].result == inventory
+        assert record.results[command["id"]].command == "inspect"
+        # A result needs a real command id and a status.
+        for bad_id in ("wait-" + "0" * 24, "inspect-xyz", "nonsense"):
+            error = await h.refused(lambda i=bad_id: agent.post_result(uid, token, i, "succeeded"))
+            assert error.status == 400
+        error = await h.refused(lambda: agent.post_result(uid, token, "clean-" + "1" * 24, "maybe"))
+        assert error.status == 400
+        await h.call(lambda: agent.progress(uid, token, command["id"], "write", done_bytes=10))
+        assert h.api.progress[uid]["bytes"] == 10
+
+
+async def test_the_long_poll_ends_when_the_host_changes(
+    kubeconfig: Path, namespace: str, tmp_path: Path
+) -> None:
+    async with serving(kubeconfig, namespace, tmp_path) as h:
+        await h.create_host("h1", MAC_A, image=IMAGE)
+        patched = await h.set_status("h1", "available")
+        await h.wait_seen("h1", patched["metadata"]["resourceVersion"])
+        uid, token = await lookup(h, MAC_A)
+        assert token is not None
+        agent = h.agent()
+        assert (await h.call(lambda: agent.command(uid, token)))["command"] == "wait"
+        answers: list[dict[str, object]] = []
+
+        async def poll() -> None:
+            answers.append(await h.call(lambda: agent.command(uid, token, wait=60)))
+
+        # The answer is wait for a full minute unless the host's change wakes the poll; the
+        # test gives up long before that.
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(poll)
+                await anyio.sleep(0.5)
+                assert answers == []  # still waiting
+                await h.set_status("h1", "provisioning")
+        assert answers[0]["command"] == "deploy"
+
+
+async def test_deploy_carries_the_config_drive_from_the_hosts_namespace_only(
+    kubeconfig: Path, namespace: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    user_data = b"#cloud-config\npassword: s3cr3t-user-data\n\xff\x00binary"
+    async with serving(kubeconfig, namespace, tmp_path) as h:
+        await h.create_secret("ud", userData=user_data)
+        await h.create_secret("nd", networkData=b"links:\n- id: eth0\n  type: phy\n")
+        await h.create_secret("md", metaData=b'{"public_keys": {"0": "ssh-ed25519 AAAA"}}')
+        await h.create_host(
+            "h1",
+            MAC_A,
+            image=IMAGE,
+            rootDeviceHints={"deviceName": "/dev/sdb"},
+            userData={"name": "ud"},
+            networkData={"name": "nd", "namespace": namespace},
+            metaData={"name": "md"},
+        )
+        patched = await h.set_status("h1", "provisioning")
+        await h.wait_seen("h1", patched["metadata"]["resourceVersion"])
+        uid, token = await lookup(h, MAC_A)
+        assert token is not None
+        agent = h.agent()
+        command = await h.call(lambda: agent.command(uid, token))
+        assert command["command"] == "deploy"
+        args = command["args"]
+        assert args["image"] == {**IMAGE, "format": None}
+        assert args["rootDeviceHints"] == {"deviceName": "/dev/sdb"}
+        assert args["host"] == {"uuid": uid, "namespace": namespace, "name": "h1"}
+        drive = args["configDrive"]
+        assert base64.b64decode(drive["userData"]) == user_data
+        assert drive["networkData"] == {"links": [{"id": "eth0", "type": "phy"}]}
+        assert drive["metaData"] == {"public_keys": {"0": "ssh-ed25519 AAAA"}}
+
+        # A reference to another namespace is refused with a reason; so is a missing Secret.
+        changed = await h.client.patch(
+            BAREMETALHOSTS,
+            namespace,
+            "h1",
+            {"spec": {"userData": {"name": "ud", "namespace": "other"}}},
+        )
+        await h.wait_seen("h1", changed["metadata"]["resourceVersion"])
+        refused = await h.call(lambda: agent.command(uid, token))
+        assert refused["command"] == "wait"
+        assert "namespace 'other'" in refused["args"]["reason"]
+        changed = await h.client.patch(
+            BAREMETALHOSTS,
+            namespace,
+            "h1",
+            {"spec": {"userData": {"name": "nope", "namespace": None}}},
+        )
+        await h.wait_seen("h1", changed["metadata"]["resourceVersion"])
+        missing = await h.call(lambda: agent.command(uid, token))
+        assert missing["command"] == "wait"
+        assert "'nope'" in missing["args"]["reason"] and "not found" in missing["args"]["reason"]
+    assert b"s3cr3t-user-data" not in caplog.text.encode()
+    assert token not in caplog.text
+
+
+async def test_acknowledging_a_terminal_command_rotates_the_token(
+    kubeconfig: Path, namespace: str, tmp_path: Path
+) -> None:
+    async with serving(kubeconfig, namespace, tmp_path) as h:
+        await h.create_host("h1", MAC_A, image=IMAGE)
+        patched = await h.set_status("h1", "provisioned")
+        await h.wait_seen("h1", patched["metadata"]["resourceVersion"])
+        uid, token = await lookup(h, MAC_A)
+        assert token is not None
+        agent = h.agent()
+        command = await h.call(lambda: agent.command(uid, token))
+        assert command["command"] == "reboot_to_disk"
+        assert await h.call(lambda: agent.post_result(uid, token, command["id"], "succeeded"))
+        gone = await h.refused(lambda: agent.command(uid, token))
+        assert gone.status == 401  # the host holds no token any more
+        # The agent's next boot looks up again and gets a new token, and is told again.
+        next_uid, next_token = await lookup(h, MAC_A)
+        assert next_uid == uid and next_token not in (None, token)
+        assert next_token is not None
+        again = await h.call(lambda: agent.command(uid, next_token))
+        assert again["command"] == "reboot_to_disk" and again["id"] != command["id"]
+
+
+async def test_rate_limit_body_limit_and_openapi(
+    kubeconfig: Path, namespace: str, tmp_path: Path
+) -> None:
+    async with serving(
+        kubeconfig, namespace, tmp_path, rate_limit=RateLimit(rate=0.5, burst=3)
+    ) as h:
+        agent = h.agent()
+        document = await h.call(lambda: agent.request("GET", "/v1/openapi.json"))
+        assert document["openapi"].startswith("3.")
+        assert set(document["paths"]) >= {
+            "/v1/lookup",
+            "/v1/hosts/{uid}/command",
+            "/v1/hosts/{uid}/results/{command_id}",
+            "/v1/hosts/{uid}/progress",
+        }
+        for _ in range(2):
+            await h.call(lambda: agent.request("GET", "/v1/openapi.json"))
+        limited = await h.refused(lambda: agent.request("GET", "/v1/openapi.json"))
+        assert limited.status == 429
+        assert limited.retry_after is not None and limited.retry_after >= 1
+
+    async with serving(kubeconfig, namespace + "b", tmp_path) as h:
+        big = {"mac_addresses": [MAC_A], "padding": "x" * (4 * 1024 * 1024)}
+        too_big = await h.refused(lambda: h.agent().request("POST", "/v1/lookup", big))
+        assert too_big.status == 413
+        # Just under the limit is read (and then refused for what it says, not its size).
+        fits = {"mac_addresses": [MAC_A], "padding": "x" * (4 * 1024 * 1024 - 100)}
+        assert (
+            await h.refused(lambda: h.agent().request("POST", "/v1/lookup", fits))
+        ).status == 404
+        wrong_method = await h.refused(lambda: h.agent().request("GET", "/v1/lookup"))
+        assert wrong_method.status == 405
+        not_json = await h.refused(lambda: h.agent().request("POST", "/v1/nowhere"))
+        assert not_json.status == 404
+
+
+async def test_an_untrusted_server_is_refused(
+    kubeconfig: Path, namespace: str, tmp_path: Path
+) -> None:
+    from metal3.agentapi.server import ensure_tls
+
+    other_ca = ensure_tls(tmp_path / "other", "127.0.0.1").ca_cert
+    async with serving(kubeconfig, namespace, tmp_path) as h:
+        error = await h.refused(lambda: h.agent(other_ca).lookup([MAC_A]))
+        assert error.status is None and "not trusted" in error.message
+    with pytest.raises(AgentError, match="https"):
+        AgentClient("http://127.0.0.1:1", ca_file=other_ca)

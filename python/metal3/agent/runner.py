@@ -19,7 +19,6 @@ the agent never powers off the machine it runs on unless told to) just exits.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import contextlib
 import logging
@@ -165,17 +164,29 @@ def settings_from_cmdline(cmdline: str) -> BootSettings:
 # --- running commands --------------------------------------------------------------------
 
 
-def _disks() -> list[JsonObject]:
+# Where the inventory is read from: / on a real host; a recorded procfs/sysfs tree where the
+# machine's own would describe something else (the lab's emulated hosts). One per process.
+_inventory_root = Path("/")
+
+
+def set_inventory_root(root: Path) -> None:
+    global _inventory_root
+    _inventory_root = root
+
+
+def _inventory() -> JsonObject:
     from metal3.agent.inventory import collect_inventory
 
-    disks = collect_inventory().get("disks") or []
+    return collect_inventory(_inventory_root)
+
+
+def _disks() -> list[JsonObject]:
+    disks = _inventory().get("disks") or []
     return [d for d in disks if isinstance(d, dict)]
 
 
 def run_inspect(args: JsonObject) -> JsonObject:
-    from metal3.agent.inventory import collect_inventory
-
-    return collect_inventory()
+    return _inventory()
 
 
 def run_clean(args: JsonObject) -> JsonObject:
@@ -329,6 +340,7 @@ class RunnerOptions:
     max_commands: int | None = None  # stop after this many commands done (tests)
     power_action: str = "exit"
     lookup_interval: float = 10.0  # between lookups that found no host
+    inventory_root: Path = Path("/")  # a recorded tree instead of this machine's procfs/sysfs
     handlers: dict[str, Handler] = field(default_factory=lambda: dict(HANDLERS))
 
 
@@ -337,6 +349,7 @@ class Runner:
         if options.power_action not in POWER_ACTIONS:
             raise AgentError(f"power action must be one of {POWER_ACTIONS}")
         self.options = options
+        set_inventory_root(options.inventory_root)
         self.state = AgentState.load(options.state_dir)
         self.client = AgentClient(options.api_url, ca_file=options.ca_file, ca_data=options.ca_data)
         self.macs = list(options.macs) if options.macs else local_macs()
@@ -546,49 +559,41 @@ def run_agent(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m metal3.agent.runner",
-        description="Run the agent: look the host up at the operator's agent API, then run "
-        "what it asks (inspect, clean, deploy) and report the results.",
-    )
-    parser.add_argument("--api", help="https://HOST:PORT of the agent API (default: the "
-                        "kernel command line's metal3.agent_api)")  # fmt: skip
-    parser.add_argument("--ca-file", help="CA certificate (PEM) to trust (default: the kernel "
-                        "command line's metal3.agent_ca_file or metal3.agent_ca)")  # fmt: skip
-    parser.add_argument("--state-dir", type=Path, default=Path("/run/metal3-agent"),
-                        help="where the token and the outcomes are kept "
-                        "(default: %(default)s)")  # fmt: skip
-    parser.add_argument("--mac", action="append", dest="macs",
-                        help="look up by this MAC (repeatable; default: this "
-                        "machine's)")  # fmt: skip
-    parser.add_argument("--max-commands", type=int,
-                        help="exit after this many commands are done (default: no "
-                        "limit)")  # fmt: skip
-    parser.add_argument("--power-action", choices=POWER_ACTIONS, default="exit",
-                        help="on power_off/reboot_to_disk: 'system' powers off or reboots "
-                        "this machine, 'exit' only exits (default: %(default)s)")  # fmt: skip
-    parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    """`python -m metal3.agent.runner ARGS` is `metal3 agent run ARGS` (options there)."""
+    from metal3.cli import main as metal3_main
+
+    return metal3_main(["agent", "run", *(sys.argv[1:] if argv is None else argv)])
+
+
+def run_from_command_line(
+    *,
+    api: str | None,
+    ca_file: str | None,
+    state_dir: Path,
+    macs: Sequence[str] | None,
+    max_commands: int | None,
+    power_action: str,
+    inventory_root: Path,
+) -> int:
+    """`metal3 agent run`: what the options leave out comes from the kernel command line
+    (metal3.agent_api, metal3.agent_ca_file or metal3.agent_ca), as in a ramdisk."""
     try:
         boot = BootSettings()
-        if args.api is None or args.ca_file is None:
+        if api is None or ca_file is None:
             with contextlib.suppress(OSError):
                 boot = settings_from_cmdline(Path("/proc/cmdline").read_text())
-        api = args.api or boot.api_url
-        if not api:
-            parser.error("no agent API: give --api (or metal3.agent_api= at boot)")
+        api_url = api or boot.api_url
+        if not api_url:
+            raise AgentError("no agent API: give --api (or metal3.agent_api= at boot)")
         return run_agent(
-            api,
-            args.ca_file or boot.ca_file,
-            args.state_dir,
-            ca_data=None if args.ca_file or boot.ca_file else boot.ca_data,
-            macs=args.macs,
-            max_commands=args.max_commands,
-            power_action=args.power_action,
+            api_url,
+            ca_file or boot.ca_file,
+            state_dir,
+            ca_data=None if ca_file or boot.ca_file else boot.ca_data,
+            macs=macs,
+            max_commands=max_commands,
+            power_action=power_action,
+            inventory_root=inventory_root,
         )
     except AgentError as exc:
         print(f"metal3 agent: error: {exc}", file=sys.stderr)

@@ -20,6 +20,50 @@ from typing import Any
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="agent_command", metavar="ACTION", required=True)
 
+    run = sub.add_parser(
+        "run",
+        help="the agent: look this host up at the operator's agent API and do what it asks "
+        "(inspect, clean, deploy), reporting each result",
+        description="Run the agent: look this host up at the operator's agent API by its MAC "
+        "addresses (HTTPS, dialling out only), then run what the operator asks (inspect, clean, "
+        "deploy) and report each result until it is acknowledged. What --api and --ca-file "
+        "leave out is read from the kernel command line (metal3.agent_api=URL, "
+        "metal3.agent_ca_file=PATH or metal3.agent_ca=BASE64-PEM).",
+    )
+    run.add_argument("--api", help="https://HOST:PORT of the agent API")
+    run.add_argument("--ca-file", help="CA certificate (PEM) that signed the agent API's")
+    run.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("/run/metal3-agent"),
+        help="where the token and the commands done are kept (default: %(default)s)",
+    )
+    run.add_argument(
+        "--mac",
+        action="append",
+        dest="macs",
+        help="look the host up by this MAC (repeatable; default: this machine's)",
+    )
+    run.add_argument(
+        "--max-commands", type=int, help="exit after this many commands (default: no limit)"
+    )
+    run.add_argument(
+        "--power-action",
+        choices=["exit", "system"],
+        default="exit",
+        help="on power_off/reboot_to_disk: 'system' powers off or reboots this machine, "
+        "'exit' only exits (default: %(default)s)",
+    )
+    run.add_argument(
+        "--root",
+        type=Path,
+        default=Path("/"),
+        help="read the inventory's procfs/sysfs under this directory (a recorded tree, as the "
+        "lab's hosts have) instead of /",
+    )
+    run.add_argument("--log-level", default="INFO", help="logging level (default: %(default)s)")
+    run.set_defaults(func=run_agent)
+
     inventory = sub.add_parser(
         "inventory",
         help="print this machine's hardware inventory (ironic-python-agent's format) as JSON",
@@ -216,3 +260,25 @@ def run_deploy(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     _print_json(result.to_json())
     return 0
+
+
+def run_agent(args: argparse.Namespace) -> int:
+    import logging
+
+    from metal3.agent.runner import POWER_ACTIONS, run_from_command_line
+
+    assert args.power_action in POWER_ACTIONS
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return run_from_command_line(
+        api=args.api,
+        ca_file=args.ca_file,
+        state_dir=args.state_dir,
+        macs=args.macs,
+        max_commands=args.max_commands,
+        power_action=args.power_action,
+        inventory_root=args.root,
+    )

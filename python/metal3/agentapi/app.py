@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 from urllib.parse import parse_qs
@@ -40,15 +40,12 @@ from metal3.agentapi.records import (
     now_rfc3339,
 )
 from metal3.agentapi.tokens import bearer_token, matches, new_token
+from metal3.asgi import BodyTooLargeError, Receive, Scope, Send, read_body
 from metal3.kube.client import ApiError, KubeClient
 from metal3.kube.resources import SECRETS
 
 log = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 JsonObject = dict[str, Any]
 ResultHook = Callable[[str, str], None]  # (namespace, name)
 
@@ -406,24 +403,12 @@ def _allow(method: str, allowed: str) -> None:
 
 async def _read_json(request: Request, receive: Receive) -> JsonObject:
     """The request body as a JSON object, read with the size limit."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY:
-        raise HttpError(413, f"request body over {MAX_BODY} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    more = True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise anyio.get_cancelled_exc_class()()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise HttpError(413, f"request body over {MAX_BODY} bytes")
-        chunks.append(chunk)
-        more = message.get("more_body", False)
     try:
-        body = orjson.loads(b"".join(chunks))
+        raw = await read_body(receive, MAX_BODY, request.headers.get("content-length"))
+    except BodyTooLargeError as exc:
+        raise HttpError(413, str(exc)) from None
+    try:
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise HttpError(400, "the body is not JSON") from None
     if not isinstance(body, dict):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hmac
 import math
-from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -19,11 +18,7 @@ from metal3.apiserver.deletion import DeleteOptions
 from metal3.apiserver.errors import ApiError, bad_request, method_not_allowed
 from metal3.apiserver.registry import ResourceType
 from metal3.apiserver.watch import Watches, WatchParams
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+from metal3.asgi import BodyTooLargeError, Receive, Scope, Send, read_body
 
 MAX_BODY = 3 * 1024 * 1024
 UNAUTHENTICATED = frozenset({"/healthz", "/livez", "/readyz"})
@@ -138,19 +133,10 @@ class ApiServer:
 
     async def _read(self, scope: Scope, receive: Receive) -> Request:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        chunks: list[bytes] = []
-        size = 0
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise anyio.get_cancelled_exc_class()()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > MAX_BODY:
-                raise ApiError(413, "request entity too large", "RequestEntityTooLarge")
-            chunks.append(chunk)
-            more = message.get("more_body", False)
+        try:
+            body = await read_body(receive, MAX_BODY)
+        except BodyTooLargeError:
+            raise ApiError(413, "request entity too large", "RequestEntityTooLarge") from None
         query = {
             key: values[-1]
             for key, values in parse_qs(
@@ -160,7 +146,7 @@ class ApiServer:
         path = scope.get("path") or "/"
         if len(path) > 1:
             path = path.rstrip("/")
-        return Request(scope["method"], path, query, headers, b"".join(chunks))
+        return Request(scope["method"], path, query, headers, body)
 
     def _authenticate(self, request: Request) -> None:
         if self._token is None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +25,7 @@ from metal3.apiserver.selectors import (
     parse_label_selector,
 )
 from metal3.apiserver.store import Change, ExpiredError, Obj
-
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+from metal3.asgi import Receive, Send
 
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 MAX_PENDING = 100_000

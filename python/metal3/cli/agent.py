@@ -161,10 +161,15 @@ def _fail(message: str) -> int:
     return 1
 
 
-def _setup_logging() -> None:
+def _setup_logging(level: str = "INFO") -> None:
+    """Log to stderr (stdout carries the JSON result)."""
     import logging
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 def run_inventory(args: argparse.Namespace) -> int:
@@ -263,16 +268,10 @@ def run_deploy(args: argparse.Namespace) -> int:
 
 
 def run_agent(args: argparse.Namespace) -> int:
-    import logging
-
     from metal3.agent.runner import POWER_ACTIONS, run_from_command_line
 
     assert args.power_action in POWER_ACTIONS
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    _setup_logging(str(args.log_level))
     return run_from_command_line(
         api=args.api,
         ca_file=args.ca_file,

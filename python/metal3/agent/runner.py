@@ -129,8 +129,9 @@ def local_macs(sysfs: Path = Path("/sys/class/net")) -> list[str]:
 
 
 def _dmi(name: str) -> str | None:
+    """An SMBIOS string of the machine the inventory describes (its root, see below)."""
     with contextlib.suppress(OSError):
-        value = Path("/sys/class/dmi/id", name).read_text().strip()
+        value = Path(_inventory_root, "sys/class/dmi/id", name).read_text().strip()
         return value or None
     return None
 

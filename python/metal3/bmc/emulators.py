@@ -1,15 +1,23 @@
 """Start real BMC emulators on 127.0.0.1: sushy-tools' Redfish emulator and our IPMI simulator.
 
-Used by the tests, the benchmarks and anyone who wants a BMC to point `metal3 bmc` at. Each
-emulator runs in its own process with a fresh state directory (on tmpfs when there is one) and
-is ready when the constructor's context manager returns.
+Used by the tests, the benchmarks, the lab (`metal3 lab`) and anyone who wants a BMC to point
+`metal3 bmc` at. Each emulator runs in its own process with a fresh state directory (on tmpfs
+when there is one, or the `workdir` the caller gives) and is ready when the constructor's
+context manager returns.
+
+For the lab, both emulators can report every power and boot change at once: sushy-tools' fake
+driver PUTs the whole system to `notify_url` (its external notifier), our IPMI simulator POSTs
+its state there (`--notify-url`). The fake driver applies a power change 1 to 11 seconds after
+the request (and only when the system is next read); `power_delay` fixes that delay instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +35,7 @@ from metal3.tls import TLSFiles
 from metal3.tls import make_tls_files as make_ca_and_server_certificate
 
 LOCALHOST = "127.0.0.1"
+_NO_PROXY = "127.0.0.1,localhost"  # emulators' own HTTP requests never go through a proxy
 
 
 def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
@@ -61,6 +70,10 @@ class FakeSystem:
     #: (mac, ip) pairs
     nics: tuple[tuple[str, str], ...] = ()
     drives: tuple[FakeDrive, ...] = ()
+    #: the emulator PUTs this system to its notification URL on every change (power, boot)
+    external_notifier: bool = False
+    #: the boot device at start ("Pxe", "Cd", "Hdd"); None: the fake driver's default (Hdd)
+    boot_device: str | None = None
 
     @property
     def path(self) -> str:
@@ -119,15 +132,41 @@ class EmulatorError(RuntimeError):
     """An emulator process did not come up."""
 
 
-class _Process:
-    """A child process with its scratch directory, stopped and cleaned on exit."""
+_PR_SET_PDEATHSIG = 1
+# Looked up in the parent: between fork and exec the child only calls it (no dlopen there).
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
 
-    def __init__(self, prefix: str) -> None:
-        self.workdir = _scratch_dir(prefix)
+
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel sends SIGKILL when the thread that started this
+    process ends (so a SIGKILLed parent leaves no emulator behind)."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class _Process:
+    """A child process with its scratch directory, stopped and cleaned on exit.
+
+    `workdir`: where its files go (the caller's, kept at stop) instead of a new scratch
+    directory (removed at stop). `exit_with_parent`: the child is killed when the thread that
+    started it ends; start it from a thread that lives as long as the emulator is needed.
+    """
+
+    def __init__(
+        self, prefix: str, *, workdir: Path | None = None, exit_with_parent: bool = False
+    ) -> None:
+        self._own_workdir = workdir is None
+        if workdir is None:
+            workdir = _scratch_dir(prefix)
+        else:
+            workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.exit_with_parent = exit_with_parent
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = self.workdir / "emulator.log"
 
-    def _spawn(self, argv: Sequence[str]) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, argv: Sequence[str], env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = self.log_path.open("wb")
         try:
             self.process = subprocess.Popen(
@@ -136,6 +175,8 @@ class _Process:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=self.workdir,
+                env={**os.environ, **env} if env else None,
+                preexec_fn=_die_with_parent if self.exit_with_parent else None,
             )
         finally:
             log.close()
@@ -160,7 +201,8 @@ class _Process:
                 self.process.kill()
                 self.process.wait(timeout=5)
         self.process = None
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 class SushyEmulator(_Process):
@@ -174,10 +216,20 @@ class SushyEmulator(_Process):
         tls: bool = False,
         port: int | None = None,
         disable_power_off: bool = False,
+        notify_url: str | None = None,
+        power_delay: int | None = None,
+        workdir: Path | None = None,
+        exit_with_parent: bool = False,
     ) -> None:
-        super().__init__("metal3-sushy-")
+        super().__init__("metal3-sushy-", workdir=workdir, exit_with_parent=exit_with_parent)
         #: the emulator refuses ForceOff/GracefulShutdown with 400 (a BMC that says no)
         self.disable_power_off = disable_power_off
+        #: where systems with `external_notifier` are PUT on every change
+        self.notify_url = notify_url
+        if power_delay is not None and power_delay < 0:
+            raise ValueError(f"the power delay is a whole number of seconds >= 0: {power_delay}")
+        #: seconds until a power change applies (None: the fake driver's random 1 to 11)
+        self.power_delay = power_delay
         self.systems = list(systems)
         self.users = dict(users or {})
         self.port = port or free_port()
@@ -200,8 +252,9 @@ class SushyEmulator(_Process):
                 "uuid": s.uuid,
                 "name": s.name,
                 "power_state": s.power_state,
-                "external_notifier": False,
+                "external_notifier": s.external_notifier,
                 "nics": [{"mac": mac, "ip": ip} for mac, ip in s.nics],
+                **({"boot_device": s.boot_device} if s.boot_device else {}),
             }
             for s in self.systems
         ]
@@ -250,14 +303,33 @@ class SushyEmulator(_Process):
         if self.tls is not None:
             lines.append(f"SUSHY_EMULATOR_SSL_CERT = {str(self.tls.cert)!r}")
             lines.append(f"SUSHY_EMULATOR_SSL_KEY = {str(self.tls.key)!r}")
+        if self.notify_url is not None:
+            lines.append(f"EXTERNAL_NOTIFICATION_URL = {self.notify_url!r}")
+        if self.power_delay is not None:
+            lines.extend(_fixed_power_delay(self.power_delay))
         return "\n".join(lines) + "\n"
 
     def start(self, timeout: float = 60.0) -> SushyEmulator:
-        config = self.workdir / "emulator.conf"
-        config.write_text(self._config())
-        self._spawn([sys.executable, "-m", "sushy_tools.emulator.main", "--config", str(config)])
+        self.launch()
         self._wait_ready(timeout)
         return self
+
+    def launch(self) -> None:
+        """Start the process without waiting for it (`wait_ready` does): several emulators
+        then start side by side."""
+        config = self.workdir / "emulator.conf"
+        config.write_text(self._config())
+        media = self.workdir / "vmedia"
+        media.mkdir(exist_ok=True)
+        self._spawn(
+            [sys.executable, "-m", "sushy_tools.emulator.main", "--config", str(config)],
+            # Virtual media downloads land in TMPDIR: keep them with the emulator's files.
+            # Its own requests (notifications, downloads) go to 127.0.0.1, never via a proxy.
+            env={"TMPDIR": str(media), "NO_PROXY": _NO_PROXY, "no_proxy": _NO_PROXY},
+        )
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        self._wait_ready(timeout)
 
     def _wait_ready(self, timeout: float) -> None:
         import base64
@@ -292,14 +364,39 @@ class SushyEmulator(_Process):
         self.stop()
 
 
+def _fixed_power_delay(seconds: int) -> list[str]:
+    """Config file lines (the file is Python) that make the fake driver apply every power
+    change `seconds` after the request instead of a random 1 to 11 s: the driver draws the
+    delay with `random.randint(1, 11)`, so its module gets a `random` that returns `seconds`.
+    As in the driver, the change lands when the system is next read at or after
+    `int(now) + seconds`, so up to a second earlier than `seconds`."""
+    return [
+        "from sushy_tools.emulator.resources.systems import fakedriver as _fakedriver",
+        "class _FixedDelay:",
+        "    @staticmethod",
+        f"    def randint(low, high): return {seconds!r}",
+        "_fakedriver.random = _FixedDelay",
+        "del _fakedriver, _FixedDelay",
+    ]
+
+
 class IPMISimulator(_Process):
     """Our pyghmi-based IPMI BMC (`python -m metal3.bmc.ipmisim`) on a free local UDP port."""
 
     def __init__(
-        self, *, users: Mapping[str, str], port: int | None = None, ignore_soft_off: bool = False
+        self,
+        *,
+        users: Mapping[str, str],
+        port: int | None = None,
+        ignore_soft_off: bool = False,
+        notify_url: str | None = None,
+        workdir: Path | None = None,
+        exit_with_parent: bool = False,
     ) -> None:
-        super().__init__("metal3-ipmisim-")
+        super().__init__("metal3-ipmisim-", workdir=workdir, exit_with_parent=exit_with_parent)
         self.ignore_soft_off = ignore_soft_off
+        #: where the simulator POSTs its state after every power or boot change
+        self.notify_url = notify_url
         if not users:
             raise ValueError("an IPMI simulator needs at least one user")
         self.users = dict(users)
@@ -309,11 +406,22 @@ class IPMISimulator(_Process):
         return f"{scheme}://{LOCALHOST}:{self.port}"
 
     def start(self, timeout: float = 30.0) -> IPMISimulator:
+        self.launch()
+        self.wait_ready(timeout)
+        return self
+
+    @property
+    def _ready_file(self) -> Path:
+        return self.workdir / "ready"
+
+    def launch(self) -> None:
+        """Start the process without waiting for it (`wait_ready` does)."""
         users_file = self.workdir / "users"
         # user<TAB>password per line: keeps passwords out of the process list
         users_file.write_text("".join(f"{u}\t{p}\n" for u, p in self.users.items()))
         users_file.chmod(0o600)
-        ready = self.workdir / "ready"
+        ready = self._ready_file
+        ready.unlink(missing_ok=True)
         self._spawn(
             [
                 sys.executable,
@@ -329,16 +437,19 @@ class IPMISimulator(_Process):
                 str(ready),
                 "--exit-with-parent",
                 *(["--ignore-soft-off"] if self.ignore_soft_off else []),
-            ]
+                *(["--notify-url", self.notify_url] if self.notify_url else []),
+            ],
+            env={"NO_PROXY": _NO_PROXY, "no_proxy": _NO_PROXY},
         )
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
-        while not ready.exists():
+        while not self._ready_file.exists():
             self._check_alive("ipmisim")
             if time.monotonic() > deadline:
                 self.stop()
                 raise EmulatorError(f"ipmisim not ready after {timeout}s")
             time.sleep(0.02)
-        return self
 
     def __enter__(self) -> IPMISimulator:
         return self.start()

@@ -9,17 +9,30 @@ server needs two fixes to behave like a real BMC towards clients:
   clients that try SHA-256 first fall back instead of failing on a mismatched reply;
 - it drops RAKP1 messages for unknown users, so clients wait until they time out; here they
   get RAKP2 status 0x0d ("unauthorized name").
+
+With `--notify-url URL` every power change (and reset) and every boot option set is POSTed
+there as JSON (`{"event", "power", "boot": {"device", "valid", "persistent", "uefi"}}`), so a
+listener (the lab's hosts) acts on it at once. A sender thread posts them one at a time in
+order, so the BMC answers its client without waiting for the listener; a listener that is
+away is retried with backoff for a while (`NOTIFY_PATIENCE`), then that notification is
+dropped with a warning. The command succeeds either way, as a BMC's does whether or not
+anybody watches.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
+import queue
 import signal
 import sys
 import threading
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +56,11 @@ POWER_DOWN, POWER_UP, POWER_CYCLE, HARD_RESET, PULSE_DIAG, SOFT_SHUTDOWN = range
 BOOT_FLAGS_VALID = 0x80
 BOOT_FLAGS_PERSISTENT = 0x40
 BOOT_FLAGS_EFI = 0x20
+# Boot device selector (data byte 2, bits 5..2) by name, for notifications
+BOOT_DEVICES = {0x00: "none", 0x04: "pxe", 0x08: "disk", 0x0C: "safe", 0x10: "diag",
+                0x14: "cd", 0x18: "bios", 0x3C: "floppy"}  # fmt: skip
+NOTIFY_TIMEOUT = 5.0  # seconds per attempt to deliver a notification
+NOTIFY_PATIENCE = 60.0  # seconds a notification is retried before it is dropped
 
 
 class SimSession(serversession.ServerSession):  # type: ignore[misc]
@@ -73,10 +91,20 @@ class SimulatedBMC(pyghmi_bmc.Bmc):  # type: ignore[misc]
     """Power and boot-override state of one simulated server."""
 
     def __init__(
-        self, users: Mapping[str, str], *, address: str, port: int, ignore_soft_off: bool = False
+        self,
+        users: Mapping[str, str],
+        *,
+        address: str,
+        port: int,
+        ignore_soft_off: bool = False,
+        notify_url: str | None = None,
     ) -> None:
         super().__init__(dict(users), port=port, address=address)
         self.ignore_soft_off = ignore_soft_off
+        self.notify_url = notify_url
+        self._outbox: queue.Queue[bytes] = queue.Queue()
+        if notify_url is not None:
+            threading.Thread(target=self._send_notifications, name="notify", daemon=True).start()
         self.deviceid = 0x20
         self.revision = 1
         self.firmwaremajor = 2
@@ -126,12 +154,70 @@ class SimulatedBMC(pyghmi_bmc.Bmc):  # type: ignore[misc]
     def get_power_state(self) -> str:
         return self.power
 
+    # -- notifications -------------------------------------------------------------------------
+
+    def state(self, event: str) -> dict[str, Any]:
+        """What a notification says: the event, the power state and the boot override."""
+        with self.lock:
+            flags, device = self.boot_flags, self.boot_device
+            power = self.power
+        return {
+            "event": event,
+            "power": power,
+            "boot": {
+                "device": BOOT_DEVICES.get(device, f"0x{device:02x}"),
+                "valid": bool(flags & BOOT_FLAGS_VALID),
+                "persistent": bool(flags & BOOT_FLAGS_PERSISTENT),
+                "uefi": bool(flags & BOOT_FLAGS_EFI),
+            },
+        }
+
+    def notify(self, event: str) -> None:
+        """Queue the state for the notification URL, if any (sent in order by a thread)."""
+        if self.notify_url is not None:
+            self._outbox.put(json.dumps(self.state(event)).encode())
+
+    def _send_notifications(self) -> None:
+        assert self.notify_url is not None
+        while True:
+            body = self._outbox.get()
+            deadline = time.monotonic() + NOTIFY_PATIENCE
+            delay = 0.05
+            while True:
+                try:
+                    self._post(body)
+                    break
+                except (urllib.error.URLError, OSError) as exc:
+                    if time.monotonic() + delay > deadline:
+                        log.warning("notification to %s dropped: %s", self.notify_url, exc)
+                        break
+                    time.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+
+    def _post(self, body: bytes) -> None:
+        assert self.notify_url is not None
+        request = urllib.request.Request(
+            self.notify_url,
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        # The listener is local (the lab): never through a proxy from the environment.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(request, timeout=NOTIFY_TIMEOUT) as response:
+            response.read()
+
+    # -- power (continued) ---------------------------------------------------------------------
+
     def _set_power(self, state: str) -> int:
         with self.lock:
-            if self.power != state:
+            changed = self.power != state
+            if changed:
                 self.power_changes += 1
             self.power = state
         log.info("power %s", state)
+        if changed:
+            self.notify(f"power-{state}")
         return 0
 
     def power_on(self) -> int:
@@ -152,6 +238,7 @@ class SimulatedBMC(pyghmi_bmc.Bmc):  # type: ignore[misc]
             if self.power == "off":
                 return 0xD5  # "command not supported in present state": reset needs power on
             self.power_changes += 1
+        self.notify("reset")
         return 0
 
     def power_cycle(self) -> int:
@@ -189,6 +276,7 @@ class SimulatedBMC(pyghmi_bmc.Bmc):  # type: ignore[misc]
             self.boot_flags = data[1] & (BOOT_FLAGS_VALID | BOOT_FLAGS_PERSISTENT | BOOT_FLAGS_EFI)
             self.boot_device = data[2] & 0b00111100
         log.info("boot flags 0x%02x device 0x%02x", self.boot_flags, self.boot_device)
+        self.notify("boot-options")
         session.send_ipmi_response()
 
 
@@ -221,6 +309,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="stop when the process that started this one goes away (tests)",
     )
+    parser.add_argument(
+        "--notify-url",
+        help="POST the power state and boot override (JSON) here after every change",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -239,7 +331,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not users:
         parser.error("give --user (with a password) or --users-file")
     server = SimulatedBMC(
-        users, address=args.address, port=args.port, ignore_soft_off=args.ignore_soft_off
+        users,
+        address=args.address,
+        port=args.port,
+        ignore_soft_off=args.ignore_soft_off,
+        notify_url=args.notify_url,
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if args.ready_file is not None:

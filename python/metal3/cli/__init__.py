@@ -43,6 +43,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     ),
     Subcommand("image", "inspect or write disk images"),
     Subcommand("agent", "run on a host: inventory, root device, clean, deploy, and the agent"),
+    Subcommand("lab", "emulated hosts (BMCs, disks, networks) for the operator to manage"),
 )
 NAMES: tuple[str, ...] = tuple(s.name for s in SUBCOMMANDS)
 

@@ -1,0 +1,183 @@
+"""`metal3 lab`: emulated hosts for the operator to manage, on this machine.
+
+    metal3 lab up --data-dir DIR [--hosts N] [--unregistered M] ...
+    metal3 lab status --data-dir DIR [--json]
+    metal3 lab down --data-dir DIR
+
+Needs root (network namespaces, loop devices). Imports nothing heavy at module level: the lab
+is imported when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from metal3.lab.config import LabConfig
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Emulated bare-metal hosts on this machine: a BMC per host on 127.0.0.1 (Redfish via "
+        "sushy-tools' emulator, or IPMI), disks on loop devices, NICs in network namespaces "
+        "on a bridge in a lab namespace, an image server, and manifests to apply. Powering a "
+        "host on with network or virtual-media boot starts `metal3 agent run` for it; booting "
+        "it from disk records what its config drive holds. Needs root."
+    )
+    sub = parser.add_subparsers(dest="lab_command", metavar="ACTION", required=True)
+
+    up = sub.add_parser(
+        "up",
+        help="start a lab and return once it is ready",
+        description="Start the lab's supervisor and wait until the lab is ready (DIR/lab.json "
+        "written), then print its summary. The supervisor keeps running in the background "
+        "until `metal3 lab down`. Default host mix: one IPMI host when N >= 3, one "
+        "redfish-virtualmedia host when N >= 2, the others Redfish; profiles small, medium, "
+        "storage in turn.",
+    )
+    _data_dir(up)
+    up.add_argument("--hosts", type=int, default=4, help="hosts with manifests (default 4)")
+    up.add_argument(
+        "--unregistered",
+        type=int,
+        default=0,
+        metavar="M",
+        help="extra Redfish hosts with no manifest, powered on with network boot at start "
+        "(their agents look themselves up; for discovery)",
+    )
+    up.add_argument(
+        "--virtual-media-hosts", type=int, help="how many hosts use redfish-virtualmedia"
+    )
+    up.add_argument("--ipmi-hosts", type=int, help="how many hosts use IPMI")
+    up.add_argument("--profile", help="one profile for every host: small, medium or storage")
+    up.add_argument(
+        "--power-delay",
+        type=int,
+        default=1,
+        metavar="SECONDS",
+        help="the Redfish emulator applies a power change this long after the request "
+        "(up to a second sooner; sushy-tools alone waits a random 1-11 s; default 1)",
+    )
+    up.add_argument("--namespace", default="default", help="Kubernetes namespace of the manifests")
+    up.add_argument(
+        "--foreground",
+        action="store_true",
+        help="run the supervisor in this process (logs to stderr) until interrupted",
+    )
+    up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for ready")
+    up.add_argument("-v", "--verbose", action="store_true", help="debug logs from the supervisor")
+    up.set_defaults(func=run_up)
+
+    down = sub.add_parser(
+        "down",
+        help="stop the lab and remove its namespaces, loop devices and processes",
+        description="Stop the supervisor (SIGTERM; SIGKILL after --timeout) and remove every "
+        "namespace, veth, loop device and process the lab made, from lab.json and the "
+        "journal, so it also works after the supervisor was killed. Files in DIR stay (disks, "
+        "logs). Nothing to remove is not an error.",
+    )
+    _data_dir(down)
+    down.add_argument("--timeout", type=float, default=60.0)
+    down.set_defaults(func=run_down)
+
+    status = sub.add_parser(
+        "status",
+        help="what each host is doing: power, boot, agent, and what its OS boot found",
+        description="Each host's power state, what it booted (agent, OS, nothing and why), "
+        "its agent's pid, and from its last disk boot the host name and user-data sha256 its "
+        "config drive held.",
+    )
+    _data_dir(status)
+    status.add_argument("--json", action="store_true", help="the whole status as JSON")
+    status.set_defaults(func=run_status)
+
+
+def _data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, required=True, help="the lab's folder")
+
+
+def _fail(message: str) -> int:
+    print(f"metal3 lab: error: {message}", file=sys.stderr)
+    return 1
+
+
+def run_up(args: argparse.Namespace) -> int:
+    from metal3.lab.config import LabConfig, LabConfigError
+    from metal3.lab.control import LabError, up
+    from metal3.lab.status import up_summary
+
+    config = LabConfig(
+        hosts=args.hosts,
+        unregistered=args.unregistered,
+        virtual_media_hosts=args.virtual_media_hosts,
+        ipmi_hosts=args.ipmi_hosts,
+        profile=args.profile,
+        power_delay=args.power_delay,
+        namespace=args.namespace,
+    )
+    try:
+        config.check()
+    except LabConfigError as exc:
+        print(f"metal3 lab up: error: {exc}", file=sys.stderr)
+        return 2
+    if args.foreground:
+        return _foreground(args.data_dir, config, args.verbose)
+    try:
+        result = up(args.data_dir, config, timeout=args.timeout, verbose=args.verbose)
+    except LabError as exc:
+        return _fail(str(exc))
+    if result.cleaned_before:
+        print("(removed what an earlier lab in this folder had left)")
+    print(up_summary(result.info, str(args.data_dir.resolve()), result.seconds))
+    return 0
+
+
+def _foreground(data_dir: Path, config: LabConfig, verbose: bool) -> int:
+    """Become the supervisor (exec), attached to this terminal, after `up`'s own checks."""
+    import os
+
+    from metal3.lab.control import LabError, prepare
+
+    try:
+        data_dir = prepare(data_dir, config)
+    except LabError as exc:
+        return _fail(str(exc))
+    argv = [sys.executable, "-m", "metal3.lab.supervisor", "--data-dir", str(data_dir)]
+    os.execv(sys.executable, argv + (["--verbose"] if verbose else []))  # does not return
+    return 1
+
+
+def run_down(args: argparse.Namespace) -> int:
+    from metal3.lab.control import LabError, down
+
+    try:
+        result = down(args.data_dir, timeout=args.timeout)
+    except LabError as exc:
+        return _fail(str(exc))
+    if result.stopped_supervisor is not None:
+        how = "killed" if result.killed_supervisor else "stopped"
+        print(f"{how} the supervisor (pid {result.stopped_supervisor})")
+    if result.removed:
+        print("removed: " + ", ".join(result.removed))
+    print(f"lab down in {result.seconds:.1f} s: nothing of it is left in {args.data_dir}")
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from metal3.lab.control import status
+    from metal3.lab.state import LabStateError
+    from metal3.lab.status import status_text
+
+    try:
+        doc = status(args.data_dir)
+    except LabStateError as exc:
+        return _fail(str(exc))
+    if args.json:
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        print(status_text(doc))
+    return 0

@@ -1,0 +1,14 @@
+"""The lab: emulated hosts that behave like servers (`metal3 lab up | down | status`).
+
+Each host has a BMC on 127.0.0.1 (Redfish through one sushy-tools emulator, or one of our
+IPMI simulators), disks (sparse files on loop devices), NICs with stable MACs in its own
+network namespace on a bridge inside the lab's namespace, and a hardware profile. Powering a
+host on with network or virtual-media boot starts the agent for it; booting from disk checks
+what the agent wrote. An image server, the agent API relay and the manifests complete it.
+
+Modules, one job each: `config` (what was asked, the host plans), `profiles`, `network`,
+`disks`, `sysroot` (the inventory tree the agent reads), `bmcs`, `images` (image server,
+agent ISO), `relay`, `agents`, `osboot`, `hosts` (power and boot behaviour), `manifests`,
+`state` (lab.json), `layout` (the data directory), `resources` (journal and teardown),
+`supervisor` (the process that runs it all), `control` (up, down, status), `status` (text).
+"""

@@ -1,0 +1,115 @@
+"""What `metal3 lab up` is asked for, and the hosts that makes: names, BMC kinds, profiles,
+MACs, addresses.
+
+The default mix for `--hosts N`: one `ipmi` host when N >= 3, one `redfish-virtualmedia` host
+when N >= 2, the rest `redfish`; Redfish hosts come first, then virtual media, then IPMI.
+`--unregistered M` adds M Redfish hosts `spare-0..` with no manifest, powered on at lab start
+with network boot. Profiles go round robin (small, medium, storage) unless one is chosen. MACs
+are stable: `02:6d:33:HH:LL:NN` (a locally administered prefix, the host's index in two bytes,
+the NIC's number), so every `lab up` gives a host the same MACs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from metal3.lab.profiles import PROFILES, Profile, profile_for
+
+MAC_PREFIX = "02:6d:33"
+MAX_HOSTS = 200
+
+
+class LabConfigError(ValueError):
+    """A `lab up` request that cannot be met."""
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    hosts: int
+    unregistered: int = 0
+    virtual_media_hosts: int | None = None  # None: the default mix
+    ipmi_hosts: int | None = None
+    profile: str | None = None  # None: round robin
+    power_delay: int = 1  # seconds until the Redfish emulator applies a power change
+    namespace: str = "default"  # the Kubernetes namespace of the manifests
+
+    def check(self) -> None:
+        if self.hosts < 0 or self.unregistered < 0 or self.hosts + self.unregistered < 1:
+            raise LabConfigError("a lab needs at least one host (--hosts / --unregistered)")
+        if self.hosts + self.unregistered > MAX_HOSTS:
+            raise LabConfigError(f"a lab has at most {MAX_HOSTS} hosts")
+        media, ipmi = self.kind_counts()
+        if media < 0 or ipmi < 0 or media + ipmi > self.hosts:
+            raise LabConfigError(
+                f"--virtual-media-hosts {media} and --ipmi-hosts {ipmi} do not fit in "
+                f"--hosts {self.hosts}"
+            )
+        if self.profile is not None and self.profile not in PROFILES:
+            raise LabConfigError(
+                f"no profile {self.profile!r}; the profiles are {', '.join(PROFILES)}"
+            )
+        if self.power_delay < 0:
+            raise LabConfigError("--power-delay is a whole number of seconds >= 0")
+
+    def kind_counts(self) -> tuple[int, int]:
+        """(redfish-virtualmedia hosts, ipmi hosts) among the registered ones."""
+        media = self.virtual_media_hosts
+        if media is None:
+            media = 1 if self.hosts >= 2 else 0
+        ipmi = self.ipmi_hosts
+        if ipmi is None:
+            ipmi = 1 if self.hosts >= 3 else 0
+        return media, ipmi
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> LabConfig:
+        return cls(**raw)
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    index: int
+    name: str
+    kind: str
+    profile: Profile
+    registered: bool
+    system_uuid: str
+
+    def macs(self) -> tuple[str, ...]:
+        return tuple(
+            f"{MAC_PREFIX}:{self.index >> 8 & 0xFF:02x}:{self.index & 0xFF:02x}:{nic:02x}"
+            for nic in range(self.profile.nics)
+        )
+
+    def nic_names(self) -> tuple[str, ...]:
+        return tuple(f"eth{nic}" for nic in range(self.profile.nics))
+
+
+def plan_hosts(config: LabConfig) -> list[HostPlan]:
+    config.check()
+    media, ipmi = config.kind_counts()
+    redfish = config.hosts - media - ipmi
+    kinds = ["redfish"] * redfish + ["redfish-virtualmedia"] * media + ["ipmi"] * ipmi
+    plans = []
+    for index, kind in enumerate(kinds):
+        plans.append(_plan(index, f"host-{index}", kind, config, registered=True))
+    for spare in range(config.unregistered):
+        index = config.hosts + spare
+        plans.append(_plan(index, f"spare-{spare}", "redfish", config, registered=False))
+    return plans
+
+
+def _plan(index: int, name: str, kind: str, config: LabConfig, *, registered: bool) -> HostPlan:
+    return HostPlan(
+        index=index,
+        name=name,
+        kind=kind,
+        profile=profile_for(index, config.profile),
+        registered=registered,
+        system_uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, f"https://metal3.io/lab/{name}")),
+    )

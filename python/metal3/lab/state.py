@@ -1,0 +1,208 @@
+"""`lab.json`, the lab as the outside sees it, and the JSON files the lab keeps per host.
+
+`lab.json` (owner-only: it holds the BMC credentials) is written by the supervisor once the lab
+is ready, and removed when it is taken down. Its keys:
+
+    {"version": 1, "lab_id", "supervisor_pid",
+     "network": {"namespace", "subnet", "gateway"},
+     "agent_api": {"listen": "127.0.0.1:PORT", "lab_address": "GATEWAY:PORT",
+                   "ca_file", "cert_file", "key_file"},
+     "images": {"dir", "url" (hosts' base URL), "local_url" (http://127.0.0.1:PORT/)},
+     "agent_iso_url" (what a BMC downloads for virtual media),
+     "bmcs": {"redfish_url", "notify_url"},
+     "hosts": [{"name", "namespace", "kind", "bmc_address", "credentials": {"username",
+                "password"}, "boot_mac", "macs", "ip", "profile", "disks", "loop_devices",
+                "registered", "manifest"}]}
+
+Per host, `hosts/NAME/state.json` is what the host is doing (power, boot device, what it
+booted, the agent's pid) and `hosts/NAME/os.json` what "booting the OS" found on its disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from metal3.lab.layout import LabPaths
+
+VERSION = 1
+JsonObject = dict[str, Any]
+
+
+class LabStateError(RuntimeError):
+    """lab.json is missing or not what this version writes."""
+
+
+def write_json(path: Path, value: Any, *, private: bool = False) -> None:
+    """Write atomically (readers never see half a file); `private`: owner-only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(value, handle, indent=2, sort_keys=False)
+            handle.write("\n")
+        os.chmod(tmp, 0o600 if private else 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path) -> Any:
+    """The JSON in `path`, or None when it is missing or unreadable (being replaced)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class LabHost:
+    name: str
+    namespace: str  # the host's network namespace
+    kind: str  # redfish | redfish-virtualmedia | ipmi
+    bmc_address: str
+    username: str
+    password: str
+    boot_mac: str
+    macs: tuple[str, ...]
+    ip: str
+    profile: str
+    disks: tuple[str, ...]
+    loop_devices: tuple[str, ...]
+    registered: bool
+    manifest: str | None
+
+    def to_json(self) -> JsonObject:
+        return {
+            "name": self.name,
+            "namespace": self.namespace,
+            "kind": self.kind,
+            "bmc_address": self.bmc_address,
+            "credentials": {"username": self.username, "password": self.password},
+            "boot_mac": self.boot_mac,
+            "macs": list(self.macs),
+            "ip": self.ip,
+            "profile": self.profile,
+            "disks": list(self.disks),
+            "loop_devices": list(self.loop_devices),
+            "registered": self.registered,
+            "manifest": self.manifest,
+        }
+
+    @classmethod
+    def from_json(cls, raw: JsonObject) -> LabHost:
+        return cls(
+            name=str(raw["name"]),
+            namespace=str(raw["namespace"]),
+            kind=str(raw["kind"]),
+            bmc_address=str(raw["bmc_address"]),
+            username=str(raw["credentials"]["username"]),
+            password=str(raw["credentials"]["password"]),
+            boot_mac=str(raw["boot_mac"]),
+            macs=tuple(str(m) for m in raw["macs"]),
+            ip=str(raw["ip"]),
+            profile=str(raw["profile"]),
+            disks=tuple(str(d) for d in raw["disks"]),
+            loop_devices=tuple(str(d) for d in raw["loop_devices"]),
+            registered=bool(raw["registered"]),
+            manifest=raw.get("manifest"),
+        )
+
+
+@dataclass(frozen=True)
+class LabInfo:
+    lab_id: str
+    supervisor_pid: int
+    namespace: str
+    subnet: str
+    gateway: str
+    agent_api_listen: str
+    agent_api_lab_address: str
+    ca_file: str
+    cert_file: str
+    key_file: str
+    images_dir: str
+    images_url: str
+    images_local_url: str
+    agent_iso_url: str
+    redfish_url: str
+    notify_url: str
+    hosts: tuple[LabHost, ...] = field(default=())
+
+    def host(self, name: str) -> LabHost:
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise KeyError(f"no host {name!r} in this lab")
+
+    def to_json(self) -> JsonObject:
+        return {
+            "version": VERSION,
+            "lab_id": self.lab_id,
+            "supervisor_pid": self.supervisor_pid,
+            "network": {
+                "namespace": self.namespace,
+                "subnet": self.subnet,
+                "gateway": self.gateway,
+            },
+            "agent_api": {
+                "listen": self.agent_api_listen,
+                "lab_address": self.agent_api_lab_address,
+                "ca_file": self.ca_file,
+                "cert_file": self.cert_file,
+                "key_file": self.key_file,
+            },
+            "images": {
+                "dir": self.images_dir,
+                "url": self.images_url,
+                "local_url": self.images_local_url,
+            },
+            "agent_iso_url": self.agent_iso_url,
+            "bmcs": {"redfish_url": self.redfish_url, "notify_url": self.notify_url},
+            "hosts": [host.to_json() for host in self.hosts],
+        }
+
+    @classmethod
+    def from_json(cls, raw: JsonObject) -> LabInfo:
+        if raw.get("version") != VERSION:
+            raise LabStateError(f"lab.json version {raw.get('version')!r}; this reads {VERSION}")
+        network, api, images = raw["network"], raw["agent_api"], raw["images"]
+        return cls(
+            lab_id=str(raw["lab_id"]),
+            supervisor_pid=int(raw["supervisor_pid"]),
+            namespace=str(network["namespace"]),
+            subnet=str(network["subnet"]),
+            gateway=str(network["gateway"]),
+            agent_api_listen=str(api["listen"]),
+            agent_api_lab_address=str(api["lab_address"]),
+            ca_file=str(api["ca_file"]),
+            cert_file=str(api["cert_file"]),
+            key_file=str(api["key_file"]),
+            images_dir=str(images["dir"]),
+            images_url=str(images["url"]),
+            images_local_url=str(images["local_url"]),
+            agent_iso_url=str(raw["agent_iso_url"]),
+            redfish_url=str(raw["bmcs"]["redfish_url"]),
+            notify_url=str(raw["bmcs"]["notify_url"]),
+            hosts=tuple(LabHost.from_json(h) for h in raw["hosts"]),
+        )
+
+
+def load_lab(data_dir: Path) -> LabInfo:
+    """The lab in `data_dir`; LabStateError when there is none (or not one this reads)."""
+    path = LabPaths(data_dir).lab_json
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise LabStateError(f"no lab in {data_dir} (no {path}): run `metal3 lab up`") from None
+    except (OSError, ValueError) as exc:
+        raise LabStateError(f"cannot read {path}: {exc}") from exc
+    try:
+        return LabInfo.from_json(raw)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LabStateError(f"{path} is not a lab description: {exc!r}") from exc

@@ -1,0 +1,87 @@
+"""The text `metal3 lab up` and `metal3 lab status` print."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from metal3.lab.state import LabInfo
+
+
+def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+
+
+def up_summary(info: LabInfo, data_dir: str, seconds: float) -> str:
+    lines = [
+        f"lab ready in {seconds:.1f} s: {data_dir} (supervisor pid {info.supervisor_pid})",
+        f"network:   namespace {info.namespace}, subnet {info.subnet}, gateway {info.gateway}",
+        f"agent API: serve it on {info.agent_api_listen} with the TLS files in "
+        f"{data_dir}/agent-api/; hosts reach it at {info.agent_api_lab_address}",
+        f"images:    {info.images_dir}/ at {info.images_url} (hosts), "
+        f"{info.images_local_url} (BMCs, operator)",
+        f"agent ISO: {info.agent_iso_url}",
+        "",
+    ]
+    rows = [["NAME", "BMC", "PROFILE", "BOOT MAC", "IP", "DISKS", "MANIFEST"]]
+    for host in info.hosts:
+        rows.append(
+            [
+                host.name,
+                host.bmc_address,
+                host.profile,
+                host.boot_mac,
+                host.ip,
+                ",".join(d.removeprefix("/dev/") for d in host.loop_devices),
+                "yes" if host.registered else "no (unregistered)",
+            ]
+        )
+    lines += _table(rows)
+    lines += [
+        "",
+        f"next: metal3 standalone --lab {data_dir}   and   kubectl apply -f {data_dir}/manifests/",
+    ]
+    return "\n".join(lines)
+
+
+def status_text(doc: dict[str, Any]) -> str:
+    running = "running" if doc["running"] else "NOT RUNNING (supervisor gone: `metal3 lab down`)"
+    lines = [
+        f"lab {doc['data_dir']}: {running}, supervisor pid {doc['supervisor_pid']}",
+        f"network {doc['network']['namespace']} {doc['network']['subnet']}, "
+        f"agent API at {doc['agent_api']['lab_address']} -> {doc['agent_api']['listen']}",
+        "",
+    ]
+    rows = [["NAME", "KIND", "PROFILE", "POWER", "BOOTS", "BOOTED", "AGENT", "OS HOSTNAME",
+             "USER-DATA SHA256"]]  # fmt: skip
+    for host in doc["hosts"]:
+        state = host.get("state") or {}
+        agent = state.get("agent") or {}
+        os_found = host.get("os") or {}
+        if agent.get("pid"):
+            agent_text = f"pid {agent['pid']}"
+        elif agent.get("exit_code") is not None:
+            agent_text = f"exited {agent['exit_code']}"
+        else:
+            agent_text = "-"
+        booted = str(state.get("booted") or "-")
+        if booted == "nothing":
+            booted = f"nothing ({state.get('note', '')})"
+        rows.append(
+            [
+                host["name"],
+                host["kind"],
+                host["profile"],
+                str(state.get("power", "?")),
+                str(state.get("boots", 0)),
+                booted,
+                agent_text,
+                str(os_found.get("hostname") or "-") if os_found else "-",
+                str(os_found.get("user_data_sha256") or "-") if os_found else "-",
+            ]
+        )
+    return "\n".join(lines + _table(rows))

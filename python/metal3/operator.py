@@ -1,6 +1,11 @@
 """The operator process: the manager with the BareMetalHost controller and a provisioner, and,
 when asked, the agent API (`metal3.agentapi`) the hosts' agents dial into.
 
+The provisioner is the direct one by default (`metal3.provisioner.direct`: the hosts' BMCs and
+the metal3 agent), or the fixture (simulated hardware). Its background work runs in the
+operator's task group for the operator's lifetime; an agent's result and the end of a
+background BMC call both put the host on the controller's queue at once.
+
 `metal3 operator` (against any API server) and `metal3 standalone` (with the embedded one) both
 run an :class:`Operator`; tests run it in-process to stop and restart it at will.
 """
@@ -14,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
+from anyio.abc import TaskStatus
 
 from metal3.agentapi.app import AgentApi
 from metal3.agentapi.server import AgentApiOptions, AgentServer
@@ -22,7 +28,8 @@ from metal3.kube.client import KubeClient
 from metal3.kube.events import EventRecorder, EventSource
 from metal3.kube.manager import Manager, ManagerOptions
 from metal3.provisioner import PROVISIONERS
-from metal3.provisioner.base import ProvisionerFactory
+from metal3.provisioner.base import ProvisionerFactory, ProvisionerServices
+from metal3.provisioner.direct.settings import DirectSettings
 from metal3.provisioner.fixture import FixtureProvisionerFactory, FixtureWorld
 
 log = logging.getLogger(__name__)
@@ -37,8 +44,9 @@ class OperatorOptions:
     kubeconfig: str | None = None
     namespace: str | None = None
     concurrency: int = field(default_factory=default_concurrency)
-    provisioner: str = "fixture"
+    provisioner: str = "direct"
     fixture_state: Path | None = None  # where the fixture provisioner keeps its hardware
+    direct: DirectSettings = field(default_factory=DirectSettings)  # the direct provisioner's
     health_address: str | None = "127.0.0.1:0"
     leader_elect: bool = False
     leader_election_namespace: str = "default"
@@ -48,6 +56,10 @@ class OperatorOptions:
 
 
 def make_provisioners(options: OperatorOptions) -> ProvisionerFactory:
+    if options.provisioner == "direct":
+        from metal3.provisioner.direct.factory import DirectProvisionerFactory
+
+        return DirectProvisionerFactory(options.direct)
     if options.provisioner == "fixture":
         return FixtureProvisionerFactory(FixtureWorld(options.fixture_state))
     raise ValueError(f"unknown provisioner {options.provisioner!r}; choose from {PROVISIONERS}")
@@ -99,8 +111,12 @@ class Operator:
             )
             self.manager = manager
             agent_server = self._agent_server(client) if options.agent_api else None
+            services = ProvisionerServices(
+                client=client, wake=self._wake, agent_api=agent_server is not None
+            )
             self.started.set()
             async with anyio.create_task_group() as tg:
+                await tg.start(self._run_provisioners, services)
                 tg.start_soon(recorder.run)
                 agent_stopped = anyio.Event()
                 if agent_server is not None:
@@ -128,10 +144,20 @@ class Operator:
         self.agent_url = server.url
         return server
 
-    def _agent_result(self, namespace: str, name: str) -> None:
-        """An agent reported a result: reconcile its host now rather than at its next poll."""
+    async def _run_provisioners(
+        self, services: ProvisionerServices, *, task_status: TaskStatus[None]
+    ) -> None:
+        await self.provisioners.run(services, task_status=task_status)
+
+    def _wake(self, namespace: str, name: str) -> None:
+        """Reconcile the host now (on the BareMetalHost controller's queue, which runs it at
+        once even when a later requeue is pending)."""
         if self.reconciler is not None:
             self.reconciler.controller.enqueue((namespace, name))
+
+    def _agent_result(self, namespace: str, name: str) -> None:
+        """An agent reported a result: reconcile its host now rather than at its next poll."""
+        self._wake(namespace, name)
 
 
 async def _serve_until(server: AgentServer, stop: anyio.Event, stopped: anyio.Event) -> None:

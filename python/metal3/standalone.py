@@ -2,8 +2,9 @@
 
 For a first cluster's hosts (no Kubernetes yet), the demo, and anyone without a cluster: the
 project's CRDs are installed on start, `DIR/kubeconfig` lets kubectl manage the hosts, and a
-restart on the same directory carries on where it stopped (the store and the fixture
-provisioner's hardware are both kept in the directory).
+restart on the same directory carries on where it stopped (the store, and with the fixture
+provisioner its simulated hardware, are kept in the directory; the direct provisioner keeps
+nothing of its own: the hosts' BMCs and the API store hold its state).
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ class Standalone:
         (kept across restarts, so agents keep trusting the CA)."""
         options = self.options
         if options.agent_listen is None:
-            return options.operator.agent_api
+            given = options.operator.agent_api  # e.g. the lab's (`--lab DIR`)
+            self.agent_ca = given.ca_file if given is not None else None
+            return given
         host, _ = parse_listen(options.agent_listen)
         tls = ensure_tls(options.data_dir, host)
         self.agent_ca = tls.ca_cert

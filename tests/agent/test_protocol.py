@@ -78,7 +78,8 @@ class Standalone:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "metal3", "standalone", "--data-dir", str(self.data_dir),
              "--listen", "127.0.0.1:0", "--health-addr", "127.0.0.1:0", "--grace-period", "5",
-             "--agent-listen", f"127.0.0.1:{self.agent_port}", "--log-level", "DEBUG"],
+             "--agent-listen", f"127.0.0.1:{self.agent_port}", "--log-level", "DEBUG",
+             "--provisioner", "fixture"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         assert self.proc.stdout is not None

@@ -188,3 +188,33 @@ def test_terminal_commands_are_asked_once_per_token() -> None:
 
 def test_wait_ids_are_stable() -> None:
     assert plan(host("registering"), record()).id == plan(host("registering"), record()).id
+
+
+def test_work_for_names_the_work_plan_asks_for_done_or_not() -> None:
+    from metal3.agentapi.commands import Command, work_for
+
+    for state, spec in (("inspecting", {}), ("preparing", {}), ("provisioning", {"image": IMAGE})):
+        asked = plan(host(state, **spec), record())
+        work = work_for(host(state, **spec), record())
+        assert isinstance(work, Command) and (work.id, work.name) == (asked.id, asked.name)
+        # Done, plan says wait; work_for still names the work (the provisioner reads its result).
+        done = work_for(host(state, **spec), record(**{asked.id: "succeeded"}))
+        assert isinstance(done, Command) and done.id == asked.id
+    assert isinstance(work_for(host("registering"), record()), str)
+
+
+def test_a_retry_after_an_error_is_new_work_but_a_deploy_is_not() -> None:
+    """Inspecting and cleaning count status.errorCount in their identity, so the attempt after
+    a failure is asked anew (also of an agent that kept the failed outcome); a deploy's id
+    ignores it, so a BMC error in the middle of a deploy never makes it new work."""
+    for state in ("inspecting", "preparing", "deprovisioning"):
+        first = host(state)
+        retry = host(state)
+        retry["status"]["errorCount"] = 1
+        assert plan(retry, record()).id != plan(first, record()).id, state
+        failed_before = record(**{plan(first, record()).id: "failed"})
+        assert plan(retry, failed_before).name != "wait", state
+    deploying = host("provisioning", image=IMAGE)
+    flapped = host("provisioning", image=IMAGE)
+    flapped["status"]["errorCount"] = 2
+    assert plan(flapped, record()).id == plan(deploying, record()).id

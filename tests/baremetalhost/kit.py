@@ -187,7 +187,7 @@ async def running_operator(
             concurrency=concurrency,
             settings=settings,
             grace_period=5.0,
-            **options,
+            **{"provisioner": "fixture", **options},
         ),
         provisioners or FixtureProvisionerFactory(world),
     )

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import anyio
+from anyio.abc import TaskStatus
+
 from metal3.api.baremetalhost import BareMetalHost
 from metal3.api.hardware import HardwareDetails
 from metal3.provisioner.base import (
@@ -22,6 +25,7 @@ from metal3.provisioner.base import (
     PrepareData,
     ProvisionData,
     Provisioner,
+    ProvisionerServices,
     Result,
 )
 
@@ -52,6 +56,7 @@ class RecordingProvisioner:
         default_factory=lambda: HardwareDetails(hostname="recorded", ram_mebibytes=4096)
     )
     calls: list[str] = field(default_factory=list)  # e.g. "power_off(hard=True)"
+    provisioning_id: str | None = None  # what status.provisioning.ID becomes on registering
     # The data argument of the latest call of each operation that takes one.
     registered_with: ManagementAccessData | None = None
     prepared_with: PrepareData | None = None
@@ -117,8 +122,8 @@ class RecordingProvisioner:
         self.calls.append("power_state")
         return PowerState(self.powered_on)
 
-    async def detach(self) -> Result:
-        return self._answer("detach", "detach")
+    async def detach(self, *, force: bool) -> Result:
+        return self._answer("detach", "detach(force=True)" if force else "detach")
 
     async def delete(self) -> Result:
         return self._answer("delete", "delete")
@@ -131,6 +136,20 @@ class RecordingProvisionerFactory:
     provisioner: RecordingProvisioner = field(default_factory=RecordingProvisioner)
     hosts: list[str] = field(default_factory=list)
 
+    forgotten: list[str] = field(default_factory=list)  # uids given to forget()
+
     def for_host(self, host: BareMetalHost) -> Provisioner:  # typed: the double must conform
         self.hosts.append(host.metadata.name or "" if host.metadata else "")
         return self.provisioner
+
+    def forget(self, uid: str) -> None:
+        self.forgotten.append(uid)
+
+    async def run(
+        self,
+        services: ProvisionerServices,
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        task_status.started()
+        await anyio.sleep_forever()

@@ -43,7 +43,7 @@ async def test_cli_operator_serves_health_metrics_and_stops_on_sigterm(
         proc = subprocess.Popen(
             [sys.executable, "-m", "metal3", "operator", "--kubeconfig", str(kubeconfig),
              "--namespace", namespace, "--health-addr", f"127.0.0.1:{port}",
-             "--grace-period", "5"],
+             "--grace-period", "5", "--provisioner", "fixture"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         try:

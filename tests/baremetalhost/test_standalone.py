@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parents[2]
 def start(data_dir: Path) -> tuple[subprocess.Popen[str], Path]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "metal3", "standalone", "--data-dir", str(data_dir),
-         "--listen", "127.0.0.1:0", "--health-addr", "127.0.0.1:0", "--grace-period", "5"],
+         "--listen", "127.0.0.1:0", "--health-addr", "127.0.0.1:0", "--grace-period", "5",
+         "--provisioner", "fixture"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     assert proc.stdout is not None

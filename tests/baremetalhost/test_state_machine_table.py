@@ -666,7 +666,7 @@ ROWS = [
         calls=(REGISTER, "provision")),
     Row("detached annotation with force while provisioning -> detached", "provisioning",
         spec={"image": IMAGE}, annotations={DETACHED: '{"force": true}'},
-        next_state="provisioning", calls=("detach",), kind=CONTINUE, requeue=0.0,
+        next_state="provisioning", calls=("detach(force=True)",), kind=CONTINUE, requeue=0.0,
         operational_status="detached"),
     Row("detach fails -> detach error", "provisioned", spec={"image": IMAGE},
         provisioning=PROVISIONED, annotations={DETACHED: ""}, script={"detach": failed(BOOM)},

@@ -8,14 +8,21 @@ work; the rest is bookkeeping that is the same for every state:
   the operation (for a deploy: when provisioning started, the image URL, checksum, checksum
   type and format), so the same work has the same id before and after a restart;
 - once a result is recorded for that id, the answer is ``wait`` (the operator moves the host
-  on): work is never asked twice, and a failed result is final for its id (a retry is a new
-  operation: the state machine re-enters the state, or the provisioner forgets the result);
+  on): work is never asked twice, and a failed result is final for its id. A retry is new
+  work with a new id: inspecting and cleaning count ``status.errorCount`` in their identity
+  (a failure raises it, so the retry after it is asked anew, also of an agent that kept the
+  failed outcome); a deploy is retried through a new provisioning (a new start time). The
+  deploy's identity leaves the error count out on purpose: a BMC hiccup in the middle of a
+  deploy must not make it new work, or the image would be written twice;
 - the terminal commands (``power_off``, ``reboot_to_disk``) end the agent's session: their
   ids include the token's id, so each agent boot is told once, and acknowledging one
   rotates the token.
 
-The agent carries out every command itself. Until the provisioner drives the BMC (the next
-issue), powering a host off or rebooting it to its disk are the agent's own actions.
+Power is the provisioner's: it boots the agent, powers the host off and boots it from its
+disk through the BMC (`metal3.provisioner.direct`). A terminal command only tells the agent
+its session is over; with ``--power-action system`` the agent also powers off or reboots the
+machine itself, which the BMC's later request then finds done. The provisioner finds the
+result of the work it waits for with :func:`work_for`, the same rule the agent is asked by.
 """
 
 from __future__ import annotations
@@ -102,6 +109,10 @@ class Host:
         return str(entry.get(edge) or "")
 
     @property
+    def error_count(self) -> str:
+        return str(self.status.get("errorCount") or 0)
+
+    @property
     def epoch(self) -> str:
         """The latest start or end in operationHistory: when the host last changed course."""
         stamps = [
@@ -151,7 +162,7 @@ def _canonical(value: Any) -> str:
 
 
 def _inspecting(host: Host) -> Work | str:
-    return Work(CommandName.INSPECT, (host.history("inspect"),))
+    return Work(CommandName.INSPECT, (host.history("inspect"), host.error_count))
 
 
 def _clean_args(host: Host) -> JsonObject:
@@ -167,7 +178,9 @@ def _preparing(host: Host) -> Work | str:
         "applied": {k: provisioning.get(k) for k in ("raid", "rootDeviceHints", "firmware")},
     }
     return Work(
-        CommandName.CLEAN, ("preparing", host.epoch, _canonical(settings)), _clean_args(host)
+        CommandName.CLEAN,
+        ("preparing", host.epoch, _canonical(settings), host.error_count),
+        _clean_args(host),
     )
 
 
@@ -175,7 +188,9 @@ def _deprovisioning(host: Host) -> Work | str:
     if not host.cleaning:
         return "automated cleaning is disabled; the operator is deprovisioning the host"
     return Work(
-        CommandName.CLEAN, ("deprovisioning", host.history("deprovision")), _clean_args(host)
+        CommandName.CLEAN,
+        ("deprovisioning", host.history("deprovision"), host.error_count),
+        _clean_args(host),
     )
 
 
@@ -257,24 +272,33 @@ def wait(host: Host, reason: str) -> Command:
     )
 
 
-def plan(obj: JsonObject, record: AgentRecord) -> Command:
-    """The command for the host ``obj`` (a BareMetalHost as JSON) given its agent record."""
+def work_for(obj: JsonObject, record: AgentRecord) -> Command | str:
+    """The work the host's state asks of its agent, with its id, whether or not it is done
+    already; or why there is none. `plan` asks the agent for it; the provisioner looks its
+    result up by the same id."""
     host = Host(obj)
     if host.paused:
-        return wait(host, "the host is paused")
+        return "the host is paused"
     if host.detached:
-        return wait(host, "the host is detached")
+        return "the host is detached"
     rule = RULES.get(host.state)
     if rule is None:
-        return wait(host, f"nothing for the agent while the host is {host.state or 'new'}")
+        return f"nothing for the agent while the host is {host.state or 'new'}"
     work = rule(host)
     if isinstance(work, str):
-        return wait(host, work)
+        return work
     parts = (host.uid, *work.identity)
     if work.name in TERMINAL:
         parts = (*parts, record.token_id)
-    identifier = command_id(work.name, *parts)
-    done = record.results.get(identifier)
+    return Command(command_id(work.name, *parts), work.name, work.args)
+
+
+def plan(obj: JsonObject, record: AgentRecord) -> Command:
+    """The command for the host ``obj`` (a BareMetalHost as JSON) given its agent record."""
+    work = work_for(obj, record)
+    if isinstance(work, str):
+        return wait(Host(obj), work)
+    done = record.results.get(work.id)
     if done is not None:
-        return wait(host, f"{work.name} {done.status}; waiting for the operator")
-    return Command(identifier, work.name, work.args)
+        return wait(Host(obj), f"{work.name} {done.status}; waiting for the operator")
+    return work

@@ -22,12 +22,62 @@ if TYPE_CHECKING:
     from metal3.agentapi.ratelimit import RateLimit
     from metal3.agentapi.server import AgentApiOptions
     from metal3.operator import OperatorOptions
+    from metal3.provisioner.direct.lab import LabConfig
+    from metal3.provisioner.direct.settings import DirectSettings
 
 
 def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by `operator` and `standalone`."""
     parser.add_argument("--namespace", help="watch only this namespace (default: all)")
-    parser.add_argument("--provisioner", choices=PROVISIONERS, default="fixture")
+    parser.add_argument(
+        "--provisioner",
+        choices=PROVISIONERS,
+        default=PROVISIONERS[0],
+        help="what does the hardware work: direct (default): the hosts' BMCs and the metal3 "
+        "agent booted on them; fixture: simulated hardware in memory (tests, demos)",
+    )
+    parser.add_argument(
+        "--lab",
+        type=Path,
+        metavar="DIR",
+        help="drive the hosts of the lab `metal3 lab up --data-dir DIR` runs: the agent API "
+        "(address, TLS) and the agent's boot media come from DIR/lab.json (not with "
+        "--agent-listen or the --agent-*-url options)",
+    )
+    parser.add_argument(
+        "--agent-iso-url",
+        metavar="URL",
+        help="the agent as an ISO, for hosts booting it by virtual media (the *-virtualmedia "
+        "BMC schemes): their BMCs download it from this URL",
+    )
+    parser.add_argument(
+        "--agent-kernel-url",
+        metavar="URL",
+        help="the agent's kernel, for hosts booting it from the network (ipmi, redfish, "
+        "idrac-redfish, ilo5-redfish): a network boot server you run (DHCP + PXE/iPXE; metal3 "
+        "runs none) serves it to them; with --agent-initramfs-url",
+    )
+    parser.add_argument(
+        "--agent-initramfs-url",
+        metavar="URL",
+        help="the agent's initramfs, for network boot (see --agent-kernel-url)",
+    )
+    parser.add_argument(
+        "--agent-timeout",
+        type=float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="how long the agent has, from its boot, to report its work; past it the host "
+        "is powered off and the step fails (default: 1800)",
+    )
+    parser.add_argument(
+        "--soft-power-off-timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long a soft power off may take before the host is powered off hard "
+        "(default: 600, as upstream's Ironic)",
+    )
     parser.add_argument(
         "--concurrency",
         type=int,
@@ -69,7 +119,62 @@ def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def options_from(args: argparse.Namespace, **extra: Any) -> OperatorOptions:
+def direct_settings(args: argparse.Namespace, lab: LabConfig | None = None) -> DirectSettings:
+    """The direct provisioner's settings from the options (the lab's boot media with
+    ``lab``); raises ValueError when they do not fit together."""
+    from metal3.provisioner.direct.settings import AgentBootMedia, DirectSettings
+
+    urls = ("agent_iso_url", "agent_kernel_url", "agent_initramfs_url")
+    given = [name for name in urls if getattr(args, name)]
+    if lab is not None and given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ValueError(f"--lab takes the agent's boot media from the lab; drop {flags}")
+    if bool(args.agent_kernel_url) != bool(args.agent_initramfs_url):
+        raise ValueError("--agent-kernel-url and --agent-initramfs-url go together")
+    for name in ("agent_timeout", "soft_power_off_timeout"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive number of seconds")
+    media = lab.boot_media if lab is not None else AgentBootMedia(
+        iso_url=args.agent_iso_url,
+        kernel_url=args.agent_kernel_url,
+        initramfs_url=args.agent_initramfs_url,
+    )  # fmt: skip
+    return DirectSettings(
+        media=media,
+        agent_timeout=args.agent_timeout,
+        soft_power_off_timeout=args.soft_power_off_timeout,
+    )
+
+
+def load_lab(args: argparse.Namespace) -> LabConfig | None:
+    """The lab `--lab DIR` names (None without it); raises ValueError saying what is wrong."""
+    if args.lab is None:
+        return None
+    from metal3.provisioner.direct.lab import LabConfig
+
+    if args.provisioner != "direct":
+        raise ValueError("--lab drives the lab's hosts with the direct provisioner")
+    if args.agent_listen is not None:
+        raise ValueError("--lab serves the agent API where the lab says; drop --agent-listen")
+    return LabConfig.load(args.lab)
+
+
+def lab_agent_api(lab: LabConfig, args: argparse.Namespace) -> AgentApiOptions:
+    """The agent API as the lab's hosts expect it: its listen address and TLS files."""
+    from metal3.agentapi.server import AgentApiOptions
+
+    return AgentApiOptions(
+        listen=lab.agent_listen,
+        cert_file=lab.cert_file,
+        key_file=lab.key_file,
+        ca_file=lab.ca_file,
+        rate_limit=agent_rate_limit(args),
+    )
+
+
+def options_from(
+    args: argparse.Namespace, lab: LabConfig | None = None, **extra: Any
+) -> OperatorOptions:
     from metal3.controllers.baremetalhost import Settings
     from metal3.operator import OperatorOptions, default_concurrency
 
@@ -84,6 +189,7 @@ def options_from(args: argparse.Namespace, **extra: Any) -> OperatorOptions:
         health_address=args.health_addr,
         grace_period=args.grace_period,
         settings=settings,
+        direct=direct_settings(args, lab),
         **extra,
     )
 
@@ -164,18 +270,22 @@ def run(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_level)
     try:
-        agent_api = agent_api_options(args)
+        lab = load_lab(args)
+        if lab is not None and (args.agent_cert or args.agent_key):
+            raise ValueError("--lab serves the agent API with the lab's TLS files")
+        agent_api = lab_agent_api(lab, args) if lab is not None else agent_api_options(args)
+        options = options_from(
+            args,
+            lab,
+            kubeconfig=args.kubeconfig,
+            leader_elect=args.leader_elect,
+            leader_election_namespace=args.leader_election_namespace,
+            fixture_state=args.fixture_state,
+            agent_api=agent_api,
+        )
     except ValueError as exc:
         print(f"metal3 operator: error: {exc}", file=sys.stderr)
         return 2
-    options = options_from(
-        args,
-        kubeconfig=args.kubeconfig,
-        leader_elect=args.leader_elect,
-        leader_election_namespace=args.leader_election_namespace,
-        fixture_state=args.fixture_state,
-        agent_api=agent_api,
-    )
 
     async def main() -> None:
         stop = anyio.Event()

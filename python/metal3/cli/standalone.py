@@ -10,6 +10,8 @@ from metal3.cli.operator import (
     add_operator_arguments,
     agent_rate_limit,
     configure_logging,
+    lab_agent_api,
+    load_lab,
     options_from,
     stop_on_signals,
 )
@@ -31,18 +33,22 @@ def run(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_level)
     host, port = parse_listen(args.listen)
-    if args.agent_listen is not None:
-        try:
+    try:
+        if args.agent_listen is not None:
             parse_agent_listen(args.agent_listen)
-        except ValueError as exc:
-            print(f"metal3 standalone: error: {exc}", file=sys.stderr)
-            return 2
+        lab = load_lab(args)
+        operator = options_from(
+            args, lab, agent_api=lab_agent_api(lab, args) if lab is not None else None
+        )
+    except ValueError as exc:
+        print(f"metal3 standalone: error: {exc}", file=sys.stderr)
+        return 2
     standalone = Standalone(
         StandaloneOptions(
             data_dir=args.data_dir,
             host=host,
             port=port,
-            operator=options_from(args),
+            operator=operator,
             agent_listen=args.agent_listen,
             agent_rate_limit=agent_rate_limit(args),
         )

@@ -4,5 +4,7 @@
 names without importing them.
 """
 
-PROVISIONERS: tuple[str, ...] = ("fixture",)
-"""The names `--provisioner` accepts (see `metal3.operator.make_provisioners`)."""
+PROVISIONERS: tuple[str, ...] = ("direct", "fixture")
+"""The names `--provisioner` accepts, the default first (see `metal3.operator.make_provisioners`):
+`direct` drives the hosts' BMCs and the metal3 agent (`metal3.provisioner.direct`); `fixture`
+simulates hardware in memory (`metal3.provisioner.fixture`)."""

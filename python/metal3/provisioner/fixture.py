@@ -21,6 +21,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import anyio
+from anyio.abc import TaskStatus
+
 from metal3.api.baremetalhost import BareMetalHost
 from metal3.api.hardware import (
     BIOS,
@@ -38,6 +41,7 @@ from metal3.provisioner.base import (
     PowerState,
     PrepareData,
     ProvisionData,
+    ProvisionerServices,
     Result,
     failed,
     in_progress,
@@ -153,6 +157,11 @@ class FixtureProvisioner:
         self.record = world.record(self.uid)
         self.behaviours = behaviours
 
+    @property
+    def provisioning_id(self) -> str | None:
+        """None: simulated hardware has no identifier of its own to record."""
+        return None
+
     def _run(self, operation: str, on_complete: str | None = None) -> Result:
         """One call of a multi-step operation; returns its progress."""
         record = self.record
@@ -266,7 +275,7 @@ class FixtureProvisioner:
     async def power_state(self) -> PowerState:
         return PowerState(self.record.powered_on)
 
-    async def detach(self) -> Result:
+    async def detach(self, *, force: bool) -> Result:
         result = self._run("detach")
         if result.complete:
             self.record.detached = True
@@ -301,3 +310,16 @@ class FixtureProvisionerFactory:
 
     def for_host(self, host: BareMetalHost) -> FixtureProvisioner:
         return FixtureProvisioner(self.world, host, self.behaviours(host))
+
+    def forget(self, uid: str) -> None:
+        """Nothing to free: the simulated hardware stays (tests count what was done to it)."""
+
+    async def run(
+        self,
+        services: ProvisionerServices,
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """No background work: the simulated hardware answers every call at once."""
+        task_status.started()
+        await anyio.sleep_forever()

@@ -34,6 +34,7 @@ from metal3.api.hardware import HardwareDetails
 from metal3.api.meta import SecretReference
 from metal3.api.model import ModelError
 from metal3.controllers.baremetalhost import metrics
+from metal3.controllers.baremetalhost.guard import guarded_provisioner
 from metal3.controllers.baremetalhost.state_machine import (
     ConfigDataError,
     HostStateMachine,
@@ -111,6 +112,12 @@ class BareMetalHostReconciler:
         deleted = kind == "DELETED"
         self._track(obj, deleted=deleted)
         self._index_secrets(obj, deleted=deleted)
+        if deleted:
+            # Gone without our finalizer's last step (e.g. it was never added): the
+            # provisioner must still let go of the host's sessions.
+            uid = (obj.get("metadata") or {}).get("uid")
+            if uid:
+                self.provisioners.forget(str(uid))
         self.controller.enqueue(object_key(obj))
 
     def _index_secrets(self, obj: JsonObject, *, deleted: bool) -> None:
@@ -231,7 +238,7 @@ class BareMetalHostReconciler:
 
         ctx = StepContext(
             host=host,
-            provisioner=self.provisioners.for_host(host),
+            provisioner=guarded_provisioner(self.provisioners, host),
             credentials=credentials,
             credentials_version=credentials_version,
             settings=self.settings,
@@ -250,6 +257,8 @@ class BareMetalHostReconciler:
         for event_type, reason, message in ctx.events:
             self.recorder.record(latest, event_type, reason, message)
         if ctx.forget_host:
+            if metadata.uid:
+                self.provisioners.forget(metadata.uid)
             current = latest.get("metadata", {}).get("finalizers") or []
             remaining = [f for f in current if f != BAREMETALHOST_FINALIZER]
             await self._replace(latest, finalizers=remaining)

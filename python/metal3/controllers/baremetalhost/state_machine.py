@@ -472,7 +472,9 @@ class HostStateMachine:
         if present and (allowed or force):
             if self.status.operational_status == OperationalStatus.DETACHED.value:
                 return IDLE
-            outcome = self._outcome(await self.ctx.provisioner.detach(), ErrorType.DETACH, "detach")
+            outcome = self._outcome(
+                await self.ctx.provisioner.detach(force=force), ErrorType.DETACH, "detach"
+            )
             if outcome.complete:
                 self.status.operational_status = OperationalStatus.DETACHED.value
                 self.status.error_count = 0
@@ -525,6 +527,11 @@ class HostStateMachine:
         changed = False
         if retrying:
             clear_error(self.host)
+            changed = True
+        provisioning = status.provisioning
+        provisioning_id = self.ctx.provisioner.provisioning_id
+        if provisioning is not None and provisioning_id and provisioning.id != provisioning_id:
+            provisioning.id = provisioning_id
             changed = True
         if credentials_changed:
             _set_good_credentials(self.host, self.ctx.credentials_version)
@@ -608,11 +615,16 @@ class HostStateMachine:
     async def _handle_preparing(self) -> Outcome:
         spec = self.host.spec
         assert spec is not None
+        applied = self.status.provisioning
+        assert applied is not None
         data = PrepareData(
             raid=spec.raid,
             root_device_hints=spec.root_device_hints,
             firmware=spec.firmware,
             automated_cleaning=spec.automated_cleaning_mode != AutomatedCleaningMode.DISABLED.value,
+            current_raid=applied.raid,
+            current_root_device_hints=applied.root_device_hints,
+            current_firmware=applied.firmware,
         )
         retry = self.status.error_type == ErrorType.PREPARATION.value
         outcome = self._outcome(

@@ -325,3 +325,15 @@ def test_os_boot_reads_the_config_drive_and_skips_bad_disks(tmp_path: Path) -> N
     broken = inspect_disk(str(with_drive))
     assert broken["bootable"] is False
     assert "GPT has problems" in broken["reason"]
+
+
+def test_os_boot_accepts_a_partition_off_the_2048_sector_grid(tmp_path: Path) -> None:
+    """sgdisk cautions about a partition that does not end on a 2048-sector boundary, and still
+    finds no problem: firmware boots such a disk, and so does the lab."""
+    disk = tmp_path / "unaligned"
+    with disk.open("wb") as handle:
+        handle.truncate(16 * MiB)
+    subprocess.run(["sgdisk", "-n", "1:2048:+10000", str(disk)], capture_output=True, check=True)
+    verify = subprocess.run(["sgdisk", "-v", str(disk)], capture_output=True, text=True)
+    assert "2048-sector boundary" in verify.stdout  # the caution is there
+    assert inspect_disk(str(disk))["bootable"] is True

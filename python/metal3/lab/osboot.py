@@ -130,6 +130,24 @@ def read_config_drive(disk: str, offset: int, size: int) -> dict[str, Any]:
 _GPT_TROUBLE = ("Problem", "ERROR", "corrupt", "Caution", "Warning", "Invalid", "invalid")
 
 
+def _without_alignment_notes(lines: list[str]) -> list[str]:
+    """Drop sgdisk's note that a partition does not start or end on a 2048-sector boundary
+    (two lines: "Caution: Partition N doesn't end on a 2048-sector boundary. This may" /
+    "result in problems with some disk encryption tools."): firmware boots such disks, and
+    images made by other tools often have them."""
+    kept: list[str] = []
+    skip_next = False
+    for line in lines:
+        if skip_next:
+            skip_next = False
+            continue
+        if line.startswith("Caution: Partition") and "sector boundary" in line:
+            skip_next = line.rstrip().endswith("This may")
+            continue
+        kept.append(line)
+    return kept
+
+
 def verify_gpt(disk: str) -> list[str]:
     """Problems `sgdisk --verify` reports for the GPT on `disk` (empty: none), including a
     damaged primary or backup header that it could work around."""
@@ -137,7 +155,9 @@ def verify_gpt(disk: str) -> list[str]:
     if tool is None:
         raise AgentError("sgdisk (gdisk) is not installed: the lab cannot check a GPT")
     done = subprocess.run([tool, "--verify", disk], capture_output=True, text=True, timeout=60)
-    lines = [line.strip(" *") for line in (done.stdout + done.stderr).splitlines()]
+    lines = _without_alignment_notes(
+        [line.strip(" *") for line in (done.stdout + done.stderr).splitlines()]
+    )
     trouble = [line for line in lines if any(word in line for word in _GPT_TROUBLE)]
     if done.returncode == 0 and not trouble and any("No problems found" in x for x in lines):
         return []

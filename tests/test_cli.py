@@ -41,7 +41,8 @@ HEAVY = (
     "metal3.provisioner.fixture",
     "metal3.bmc.redfish",
     "metal3.bmc.ipmi",
-    "metal3.cli.demo_session",
+    "metal3.cli.demo_fixture",
+    "metal3.cli.demo_lab",
 )
 
 

@@ -34,7 +34,7 @@ class Subcommand(NamedTuple):
 
 # Order here is the order `metal3 --help` lists them.
 SUBCOMMANDS: tuple[Subcommand, ...] = (
-    Subcommand("demo", "run the demo on the embedded defaults"),
+    Subcommand("demo", "run the demo: emulated hosts' real lifecycle (--fixture: simulated)"),
     Subcommand("standalone", "run the embedded API server and the operator together"),
     Subcommand("operator", "run the operator against a cluster"),
     Subcommand("apiserver", "run the embedded Kubernetes-compatible API server"),

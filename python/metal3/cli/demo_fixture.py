@@ -1,11 +1,14 @@
-"""What `metal3 demo` runs: standalone mode in a temporary directory, the examples applied, and
-the hosts' states shown (a live table on a terminal, one line per change otherwise) while they
-are provisioned and deleted; per-phase timings at the end.
+"""What `metal3 demo --fixture` runs: the lifecycle simulated, quickly.
+
+Standalone mode in a temporary directory with the fixture provisioner (simulated hardware in
+memory: nothing is powered, booted or written), the example manifests applied, and the hosts'
+states shown (a live table on a terminal, one line per change otherwise) while they are
+provisioned and deleted; per-phase timings at the end. The real lifecycle, on an emulated lab,
+is `metal3 demo` (`metal3.cli.demo_lab`).
 """
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -16,6 +19,7 @@ import anyio
 
 import metal3
 from metal3.api.manifests import iter_folder
+from metal3.cli.demo_board import Board, follow, host_state, wait_until
 from metal3.controllers.baremetalhost import Settings
 from metal3.kube.client import ApiError, KubeClient
 from metal3.kube.resources import BAREMETALHOSTS, HARDWAREDATA, NAMESPACES, SECRETS
@@ -42,10 +46,6 @@ DEMO_BEHAVIOUR = {
 DEMO_SETTINGS = Settings(in_progress_poll=0.15, power_poll_interval=1.0, error_backoff_unit=0.5)
 
 
-def host_state(obj: dict[str, Any]) -> str:
-    return str(((obj.get("status") or {}).get("provisioning") or {}).get("state") or "")
-
-
 def settled_state(obj: dict[str, Any]) -> str:
     """Where a host should end up once the operator is done with its spec."""
     spec = obj.get("spec") or {}
@@ -54,105 +54,6 @@ def settled_state(obj: dict[str, Any]) -> str:
     if spec.get("online") and (spec.get("image") or spec.get("customDeploy")):
         return "provisioned"
     return "available"
-
-
-class Board:
-    """The hosts' current states, shown live (terminal) or as a log of changes (plain)."""
-
-    def __init__(self, live: bool) -> None:
-        self.live = live
-        self.hosts: dict[str, dict[str, Any]] = {}
-        self.started = time.monotonic()
-        self.phase = ""
-        self._drawn_lines = 0
-        self._waiters: list[anyio.Event] = []
-
-    async def changed(self) -> None:
-        """Return after the next update."""
-        waiter = anyio.Event()
-        self._waiters.append(waiter)
-        await waiter.wait()
-
-    def update(self, name: str, obj: dict[str, Any] | None) -> None:
-        for waiter in self._waiters:
-            waiter.set()
-        self._waiters.clear()
-        before = self.hosts.get(name)
-        if obj is None:
-            self.hosts.pop(name, None)
-            if before is not None and not self.live:
-                self._line(f"{name:<18} deleted")
-        else:
-            self.hosts[name] = obj
-            old = (host_state(before), _power(before)) if before else None
-            new = (host_state(obj), _power(obj))
-            if not self.live and old != new:
-                error = (obj.get("status") or {}).get("errorType") or ""
-                self._line(f"{name:<18} {new[0] or 'new':<24} power {new[1]:<4} {error}")
-        if self.live:
-            self.draw()
-
-    def _line(self, text: str) -> None:
-        print(f"[{time.monotonic() - self.started:6.2f}s] {text}", flush=True)
-
-    def draw(self) -> None:
-        rows = [f"{'HOST':<18} {'STATE':<24} {'POWER':<6} {'CONSUMER/IMAGE':<34} ERROR"]
-        for name in sorted(self.hosts):
-            obj = self.hosts[name]
-            spec, status = obj.get("spec") or {}, obj.get("status") or {}
-            image = (spec.get("image") or {}).get("url", "") or (
-                spec.get("customDeploy") or {}
-            ).get("method", "")
-            rows.append(
-                f"{name:<18} {host_state(obj) or '-':<24} {_power(obj):<6} "
-                f"{image.rsplit('/', 1)[-1][:34]:<34} {status.get('errorType', '')}"
-            )
-        rows.append(f"-- {self.phase}  ({time.monotonic() - self.started:5.1f}s)")
-        out = sys.stdout
-        if self._drawn_lines:
-            out.write(f"\x1b[{self._drawn_lines}F\x1b[J")
-        out.write("\n".join(rows) + "\n")
-        out.flush()
-        self._drawn_lines = len(rows)
-
-    def announce(self, phase: str) -> None:
-        self.phase = phase
-        if self.live:
-            self._drawn_lines = 0
-            print(f"\n== {phase}", flush=True)
-            self.draw()
-        else:
-            print(f"\n== {phase}", flush=True)
-
-
-def _power(obj: dict[str, Any] | None) -> str:
-    if not obj or "status" not in obj:
-        return "-"
-    return "on" if obj["status"].get("poweredOn") else "off"
-
-
-async def follow(client: KubeClient, namespace: str, board: Board) -> None:
-    """Feed the board from a watch on the hosts, forever."""
-    items, version = await client.list(BAREMETALHOSTS, namespace)
-    for obj in items:
-        board.update(obj["metadata"]["name"], obj)
-    while True:
-        async for event in client.watch(BAREMETALHOSTS, namespace, resource_version=version):
-            version = event.object.get("metadata", {}).get("resourceVersion", version)
-            if event.type == "BOOKMARK":
-                continue
-            name = event.object["metadata"]["name"]
-            board.update(name, None if event.type == "DELETED" else event.object)
-
-
-async def wait_until(
-    board: Board, done: Callable[[dict[str, dict[str, Any]]], bool], seconds: float
-) -> bool:
-    with anyio.move_on_after(seconds):
-        while not done(board.hosts):
-            await board.changed()
-        return True
-    return False
 
 
 async def refuse_invalid(
@@ -197,7 +98,9 @@ async def demo(
         standalone = Standalone(
             StandaloneOptions(
                 data_dir=Path(tmp),
-                operator=OperatorOptions(settings=DEMO_SETTINGS, health_address=None),
+                operator=OperatorOptions(
+                    provisioner="fixture", settings=DEMO_SETTINGS, health_address=None
+                ),
             ),
             factory,
         )
@@ -206,6 +109,7 @@ async def demo(
             tg.start_soon(standalone.run, stop)
             await standalone.ready.wait()
             print(f"metal3 {metal3.__version__}: embedded API server at {standalone.url}")
+            print("  fixture provisioner: simulated hardware; nothing is powered or written")
             print(f"  kubectl --kubeconfig {standalone.kubeconfig} get bmh -A   (while it runs)")
             async with await KubeClient.connect(str(standalone.kubeconfig)) as client:
                 for namespace in namespaces:
@@ -283,8 +187,8 @@ async def demo(
         print(f"  {name:<40} {seconds:6.2f} s")
     provisions = sum(r.counts.get("provision", 0) for r in world.hosts.values())
     print(
-        f"  hosts: {len(hosts)}, images written: {provisions}, every host deleted: "
-        f"{'yes' if not board.hosts else 'no'}"
+        f"  hosts: {len(hosts)}, simulated provisionings: {provisions} (fixture provisioner: "
+        f"nothing written), every host deleted: {'yes' if not board.hosts else 'no'}"
     )
     for failure in failures:
         print(f"  UNEXPECTED: {failure}")

@@ -221,7 +221,10 @@ async def test_deploy_carries_the_config_drive_from_the_hosts_namespace_only(
         await h.wait_seen("h1", changed["metadata"]["resourceVersion"])
         refused = await h.call(lambda: agent.command(uid, token))
         assert refused["command"] == "wait"
-        assert "namespace 'other'" in refused["args"]["reason"]
+        assert (
+            '"other/ud": cross-namespace Secret references are not allowed'
+            in (refused["args"]["reason"])
+        )
         changed = await h.client.patch(
             BAREMETALHOSTS,
             namespace,
@@ -231,7 +234,31 @@ async def test_deploy_carries_the_config_drive_from_the_hosts_namespace_only(
         await h.wait_seen("h1", changed["metadata"]["resourceVersion"])
         missing = await h.call(lambda: agent.command(uid, token))
         assert missing["command"] == "wait"
-        assert "'nope'" in missing["args"]["reason"] and "not found" in missing["args"]["reason"]
+        assert '"nope": Secret not found' in missing["args"]["reason"]
+
+        # The reconciler's rules (metal3.configdata) apply here too: a Secret's `value` key
+        # stands in for the field's own, and networkData falls back to
+        # preprovisioningNetworkDataName.
+        await h.create_secret("ud-value", value=b"#cloud-config\nfrom: value-key\n")
+        await h.create_secret("pre-nd", networkData=b'{"links": [], "networks": []}')
+        changed = await h.client.patch(
+            BAREMETALHOSTS,
+            namespace,
+            "h1",
+            {
+                "spec": {
+                    "userData": {"name": "ud-value", "namespace": None},
+                    "networkData": None,
+                    "preprovisioningNetworkDataName": "pre-nd",
+                }
+            },
+        )
+        await h.wait_seen("h1", changed["metadata"]["resourceVersion"])
+        fallback = await h.call(lambda: agent.command(uid, token))
+        assert fallback["command"] == "deploy"
+        drive = fallback["args"]["configDrive"]
+        assert base64.b64decode(drive["userData"]) == b"#cloud-config\nfrom: value-key\n"
+        assert drive["networkData"] == {"links": [], "networks": []}
     assert b"s3cr3t-user-data" not in caplog.text.encode()
     assert token not in caplog.text
 

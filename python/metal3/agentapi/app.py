@@ -20,6 +20,7 @@ import anyio
 import orjson
 import yaml
 
+from metal3 import configdata
 from metal3.agentapi.commands import (
     TERMINAL,
     Command,
@@ -41,6 +42,7 @@ from metal3.agentapi.records import (
 )
 from metal3.agentapi.tokens import bearer_token, matches, new_token
 from metal3.asgi import BodyTooLargeError, Receive, Scope, Send, read_body
+from metal3.configdata import ConfigDataError
 from metal3.kube.client import ApiError, KubeClient
 from metal3.kube.resources import SECRETS
 
@@ -53,11 +55,6 @@ MAX_BODY = 4 * 1024 * 1024
 MAX_MACS = 256
 MAX_ERROR_CHARS = 8192
 MAX_DETAIL_CHARS = 1024
-CONFIG_DRIVE_FIELDS = (
-    ("userData", "userData"),
-    ("networkData", "networkData"),
-    ("metaData", "metaData"),
-)
 
 
 class HttpError(Exception):
@@ -283,35 +280,28 @@ class AgentApi:
         return command.to_json()
 
     async def _with_config_drive(self, host: JsonObject, command: Command) -> Command:
-        """The deploy command with the config drive's contents from the host's Secrets, or a
-        wait saying why they cannot be had (only the host's namespace is read)."""
+        """The deploy command with the config drive's contents from the host's Secrets, read by
+        `metal3.configdata`'s rules (the reconciler's too), or a wait saying why they cannot be
+        had (the host then also carries that error from its reconcile)."""
         view = Host(host)
         namespace = view.metadata.get("namespace") or ""
-        drive: dict[str, Any] = {}
-        for field, key in CONFIG_DRIVE_FIELDS:
-            ref = view.spec.get(field)
-            if not isinstance(ref, dict) or not ref.get("name"):
-                drive[key] = None
-                continue
-            name = str(ref["name"])
-            ref_namespace = ref.get("namespace") or namespace
-            if ref_namespace != namespace:
-                return self._cannot_deploy(
-                    host,
-                    f"spec.{field} refers to a Secret in namespace {ref_namespace!r}: only the "
-                    f"host's namespace ({namespace!r}) is read",
-                )
+        drive: dict[str, Any] = {"userData": None, "networkData": None, "metaData": None}
+        for ref in configdata.references(view.spec):
             try:
-                secret = await self.client.get(SECRETS, namespace, name)
-            except ApiError as exc:
-                if exc.not_found:
-                    return self._cannot_deploy(host, f"Secret {name!r} (spec.{field}) not found")
-                raise
-            value = _secret_bytes(secret, key)
+                name = ref.secret_name(namespace)
+                try:
+                    secret: JsonObject | None = await self.client.get(SECRETS, namespace, name)
+                except ApiError as exc:
+                    if not exc.not_found:
+                        raise
+                    secret = None
+                value = configdata.read(ref, secret, namespace)
+            except ConfigDataError as exc:
+                return self._cannot_deploy(host, str(exc))
             if value is None:
-                return self._cannot_deploy(host, f"Secret {name!r} (spec.{field}) has no {key!r}")
-            if key == "userData":
-                drive[key] = base64.b64encode(value).decode()
+                continue
+            if ref.field == "userData":
+                drive["userData"] = base64.b64encode(value).decode()
                 continue
             try:
                 parsed = yaml.safe_load(value)
@@ -319,9 +309,9 @@ class AgentApi:
                 parsed = None
             if not isinstance(parsed, dict):
                 return self._cannot_deploy(
-                    host, f"{key!r} in Secret {name!r} is not a YAML or JSON object"
+                    host, f"{ref.field} in Secret {ref.name!r} is not a YAML or JSON object"
                 )
-            drive[key] = parsed
+            drive[ref.field] = parsed
         return Command(command.id, command.name, {**command.args, "configDrive": drive})
 
     @staticmethod
@@ -414,17 +404,6 @@ async def _read_json(request: Request, receive: Receive) -> JsonObject:
     if not isinstance(body, dict):
         raise HttpError(400, "the body must be a JSON object")
     return body
-
-
-def _secret_bytes(secret: JsonObject, key: str) -> bytes | None:
-    data = secret.get("data") or {}
-    if key in data:
-        try:
-            return base64.b64decode(data[key])
-        except ValueError:
-            return None
-    value = (secret.get("stringData") or {}).get(key)
-    return value.encode() if isinstance(value, str) else None
 
 
 def _name(obj: JsonObject) -> str:

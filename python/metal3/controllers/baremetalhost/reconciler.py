@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from metal3 import configdata
 from metal3.api.baremetalhost import BareMetalHost, BareMetalHostStatus
 from metal3.api.constants import (
     API_VERSION,
@@ -31,12 +32,11 @@ from metal3.api.constants import (
 )
 from metal3.api.constants import ProvisioningState as S
 from metal3.api.hardware import HardwareDetails
-from metal3.api.meta import SecretReference
 from metal3.api.model import ModelError
+from metal3.configdata import ConfigDataError
 from metal3.controllers.baremetalhost import metrics
 from metal3.controllers.baremetalhost.guard import guarded_provisioner
 from metal3.controllers.baremetalhost.state_machine import (
-    ConfigDataError,
     HostStateMachine,
     Settings,
     StepContext,
@@ -433,52 +433,21 @@ class BareMetalHostReconciler:
         return Result()  # the user must fix the Secret; its change will trigger a reconcile
 
     async def _user_data(self, host: BareMetalHost) -> tuple[str | None, str | None, str | None]:
-        """userData, networkData and metaData from their Secrets, as upstream reads them.
-
-        A Secret must be in the host's namespace (a host must not read another namespace's
-        Secrets); a missing Secret, or one without the key, raises ConfigDataError, and the host
-        waits in provisioning until it appears (its watch wakes the host). networkData without a
-        reference of its own comes from ``preprovisioningNetworkDataName``, and may be absent.
-        """
-        spec = host.spec
-        assert spec is not None and host.metadata is not None
+        """userData, networkData and metaData from their Secrets, by `metal3.configdata`'s rules
+        (the agent API reads the config drive by the same ones). A missing Secret, or one
+        without the key, raises ConfigDataError, and the host waits in provisioning until it
+        appears (its watch wakes the host)."""
+        assert host.metadata is not None
         namespace = host.metadata.namespace or ""
-        network_ref = spec.network_data
-        if network_ref is None and spec.preprovisioning_network_data_name:
-            network_ref = SecretReference(name=spec.preprovisioning_network_data_name)
-        return (
-            self._config_data(namespace, spec.user_data, "userData", key_required=True),
-            self._config_data(namespace, network_ref, "networkData", key_required=False),
-            self._config_data(namespace, spec.meta_data, "metaData", key_required=True),
-        )
-
-    def _config_data(
-        self, namespace: str, ref: SecretReference | None, field: str, *, key_required: bool
-    ) -> str | None:
-        """One configuration data item: the Secret's ``field`` key, else its ``value`` key."""
-        if ref is None:
-            return None
-        name = ref.name or ""
-        if ref.namespace and ref.namespace != namespace:
-            raise ConfigDataError(
-                field,
-                f"{ref.namespace}/{name}",
-                "cross-namespace Secret references are not allowed",
-            )
-        if not name:
-            raise ConfigDataError(field, "", "the reference names no Secret")
-        secret = self._secret(namespace, name)
-        if secret is None:
-            raise ConfigDataError(field, name, f"Secret not found in namespace {namespace!r}")
-        for key in (field, "value"):
-            if has_key(secret, key):
-                value = secret_value(secret, key)
-                if value is None:  # never the content: it is the secret
-                    raise ConfigDataError(field, name, f"key {key} is not base64 of UTF-8 text")
-                return value
-        if key_required:
-            raise ConfigDataError(field, name, f"the Secret has no key {field} (nor value)")
-        return None
+        found: dict[str, str | None] = {}
+        for ref in configdata.references(host.to_json().get("spec") or {}):
+            secret = self._secret(namespace, ref.secret_name(namespace))
+            raw = configdata.read(ref, secret, namespace)
+            try:
+                found[ref.field] = raw.decode() if raw is not None else None
+            except UnicodeDecodeError:  # never the content: it is the secret
+                raise ConfigDataError(ref.field, ref.name, "the value is not UTF-8 text") from None
+        return found.get("userData"), found.get("networkData"), found.get("metaData")
 
 
 def has_key(secret: JsonObject, key: str) -> bool:

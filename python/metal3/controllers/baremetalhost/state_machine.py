@@ -43,6 +43,7 @@ from metal3.api.constants import (
 from metal3.api.constants import ProvisioningState as S
 from metal3.api.hardware import HardwareDetails
 from metal3.api.meta import SecretReference
+from metal3.configdata import CONFIG_DATA_ERROR_PREFIX, ConfigDataError
 from metal3.controllers.baremetalhost import metrics
 from metal3.controllers.baremetalhost.status import (
     BUSY_STATES,
@@ -120,20 +121,6 @@ class Settings:
     error_backoff_unit: float = 60.0  # seconds; upstream's backoff is in minutes
     delayed_retry: float = 5.0
     in_progress_poll: float = 1.0  # seconds between polls of an operation in progress
-
-
-# How a configuration data error's message starts (upstream's wording): a host whose recorded
-# provisioning error starts so waits for its data in provisioning, other provisioning errors send
-# it back through deprovisioning.
-CONFIG_DATA_ERROR_PREFIX = "could not retrieve "
-
-
-class ConfigDataError(Exception):
-    """userData, networkData or metaData cannot be read (Secret missing, without the key, or in
-    another namespace). The message names the Secret, never its content."""
-
-    def __init__(self, field: str, secret: str, reason: str) -> None:
-        super().__init__(f'{CONFIG_DATA_ERROR_PREFIX}{field} secret "{secret}": {reason}')
 
 
 def waiting_for_config_data(host: BareMetalHost) -> bool:

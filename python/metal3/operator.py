@@ -139,6 +139,8 @@ class Operator:
             rate_limit=options.rate_limit,
             on_result=self._agent_result,
             poll_seconds=options.poll_seconds,
+            # The direct provisioner boots the agent and says so in the host's agent record.
+            agent_boot_required=self.options.provisioner == "direct",
         )
         server = AgentServer(options, self.agent_api)
         self.agent_url = server.url

@@ -229,7 +229,8 @@ def lookup_when_known(standalone: Standalone, mac: str) -> Any:
         try:
             return standalone.client().lookup([mac])
         except AgentApiError as exc:
-            if exc.status in (404, 503) or exc.status is None:
+            # 404: not seen yet; 403: seen, but not yet where an agent runs (registering)
+            if exc.status in (403, 404, 503) or exc.status is None:
                 return None
             raise
 

@@ -86,10 +86,19 @@ class Harness:
 
         return await anyio.to_thread.run_sync(attempt)
 
-    async def create_host(self, name: str, mac: str, **spec: Any) -> dict[str, Any]:
-        return await self.client.create(
+    async def create_host(
+        self, name: str, mac: str, *, state: str | None = "inspecting", **spec: Any
+    ) -> dict[str, Any]:
+        """A host, in ``state`` (where an agent runs, by default: lookups are refused in the
+        others) and seen so by the API; None leaves it with no status, as a new host."""
+        created = await self.client.create(
             BAREMETALHOSTS, host_manifest(name, self.namespace, mac, **spec)
         )
+        if state is None:
+            return created
+        patched = await self.set_status(name, state)
+        await self.wait_seen(name, patched["metadata"]["resourceVersion"])
+        return patched
 
     async def set_status(self, name: str, state: str, **extra: Any) -> dict[str, Any]:
         return await self.client.patch(

@@ -77,7 +77,7 @@ async def test_a_token_is_good_for_its_own_host_only(
         uid_b, token_b = await lookup(h, MAC_B)
         assert token_a and token_b and token_a != token_b
         agent = h.agent()
-        assert (await h.call(lambda: agent.command(uid_a, token_a)))["command"] == "wait"
+        assert (await h.call(lambda: agent.command(uid_a, token_a)))["command"] == "inspect"
 
         def status_of(uid: str, header: str | None) -> int:
             headers = {"Authorization": header} if header is not None else {}
@@ -267,23 +267,54 @@ async def test_acknowledging_a_terminal_command_rotates_the_token(
     kubeconfig: Path, namespace: str, tmp_path: Path
 ) -> None:
     async with serving(kubeconfig, namespace, tmp_path) as h:
-        await h.create_host("h1", MAC_A, image=IMAGE)
+        await h.create_host("h1", MAC_A, image=IMAGE, state="provisioning")
+        uid, token = await lookup(h, MAC_A)  # the deploying agent's token
+        assert token is not None
         patched = await h.set_status("h1", "provisioned")
         await h.wait_seen("h1", patched["metadata"]["resourceVersion"])
-        uid, token = await lookup(h, MAC_A)
-        assert token is not None
         agent = h.agent()
         command = await h.call(lambda: agent.command(uid, token))
         assert command["command"] == "reboot_to_disk"
         assert await h.call(lambda: agent.post_result(uid, token, command["id"], "succeeded"))
         gone = await h.refused(lambda: agent.command(uid, token))
         assert gone.status == 401  # the host holds no token any more
-        # The agent's next boot looks up again and gets a new token, and is told again.
-        next_uid, next_token = await lookup(h, MAC_A)
-        assert next_uid == uid and next_token not in (None, token)
-        assert next_token is not None
-        again = await h.call(lambda: agent.command(uid, next_token))
-        assert again["command"] == "reboot_to_disk" and again["id"] != command["id"]
+        # What runs on a provisioned host now is its own OS: a lookup from it gets no token.
+        refused = await h.refused(lambda: agent.lookup([MAC_A]))
+        assert refused.status == 403 and "'provisioned'" in refused.message
+
+
+async def test_no_token_where_no_agent_runs_or_before_the_agent_boot(
+    kubeconfig: Path, namespace: str, tmp_path: Path
+) -> None:
+    """Lookups are refused in states where no agent runs (a tenant's OS on a provisioned host
+    must never act as its agent); with `agent_boot_required` (the direct provisioner), also
+    until the provisioner has booted the host into the agent."""
+    async with serving(kubeconfig, namespace, tmp_path) as h:
+        states = ("provisioned", "externally provisioned", "registering", None)
+        for index, state in enumerate(states):
+            name = f"h-{(state or 'new').replace(' ', '-')}"
+            mac = f"52:54:00:00:01:{index:02x}"
+            await h.create_host(name, mac, state=state)
+            if state is None:
+                created = await h.client.get(BAREMETALHOSTS, namespace, name)
+                await h.wait_seen(name, created["metadata"]["resourceVersion"])
+            refused = await h.refused(lambda mac=mac: h.agent().lookup([mac]))
+            assert refused.status == 403, state
+            record = await h.api.records.get(await h.client.get(BAREMETALHOSTS, namespace, name))
+            assert not record.token_hash, state
+
+        h.api.agent_boot_required = True
+        host = await h.create_host("booted", MAC_B, state="deprovisioning")
+        refused = await h.refused(lambda: h.agent().lookup([MAC_B]))
+        assert refused.status == 403 and "not booted into the agent" in refused.message
+        await h.api.records.expect_agent(host)  # the provisioner boots the agent
+        _, token = await lookup(h, MAC_B)
+        assert token is not None
+        record = await h.api.records.get(host)
+        assert record.token_from_booted_agent
+        await h.api.records.agent_gone(host)  # up from its disk: no token, none expected
+        refused = await h.refused(lambda: h.agent().lookup([MAC_B]))
+        assert refused.status == 403
 
 
 async def test_rate_limit_body_limit_and_openapi(

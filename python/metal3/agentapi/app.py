@@ -53,6 +53,12 @@ ResultHook = Callable[[str, str], None]  # (namespace, name)
 
 MAX_BODY = 4 * 1024 * 1024
 MAX_MACS = 256
+# Where an agent may look itself up and get a token: the states in which one runs. Not in
+# provisioned or externally provisioned (the host runs its own OS, whose users must never act as
+# its agent), nor before inspection or while leaving.
+LOOKUP_STATES = frozenset(
+    {"inspecting", "preparing", "available", "ready", "provisioning", "deprovisioning"}
+)
 MAX_ERROR_CHARS = 8192
 MAX_DETAIL_CHARS = 1024
 
@@ -89,7 +95,13 @@ class AgentApi:
         on_result: ResultHook | None = None,
         poll_seconds: float = 30.0,
         max_wait: float = 60.0,
+        agent_boot_required: bool = False,
     ) -> None:
+        """`agent_boot_required`: give a token only to the first lookup after the provisioner
+        booted the host into the agent (`AgentRecords.expect_agent`), as the direct provisioner
+        does; so whatever else runs on the host (a tenant's OS) cannot act as its agent. Without
+        it (the fixture provisioner boots nothing), the host's state alone decides."""
+        self.agent_boot_required = agent_boot_required
         self.client = client
         self.hosts = HostIndex(client, namespace)
         self.records = AgentRecords(client)
@@ -196,15 +208,36 @@ class AgentApi:
             log.warning("lookup from %s: the MACs match several hosts: %s", request.client, names)
             raise HttpError(409, "these MAC addresses belong to more than one BareMetalHost")
         host = hosts[0]
+        state = Host(host).state
+        if state not in LOOKUP_STATES:
+            log.warning(
+                "lookup from %s: host %s is %r, where no agent runs: refused",
+                request.client,
+                _name(host),
+                state or "new",
+            )
+            raise HttpError(403, f"the host is {state or 'new'!r}: no agent is expected there")
+        refused_unbooted = False
 
         def issue(record: AgentRecord) -> str | None:
+            nonlocal refused_unbooted
             if record.token_hash:
+                return None
+            if self.agent_boot_required and not record.agent_boot_at:
+                refused_unbooted = True
                 return None
             token, digest = new_token()
             record.issue_token(digest)
             return token
 
         token = await self.records.update(host, issue)
+        if refused_unbooted:
+            log.warning(
+                "lookup from %s: host %s was not booted into the agent: no token",
+                request.client,
+                _name(host),
+            )
+            raise HttpError(403, "the host was not booted into the agent: no token is given")
         log.info(
             "lookup from %s: host %s, %s",
             request.client,

@@ -102,6 +102,9 @@ class AgentRecord:
     token_hash: str = ""
     token_id: str = ""
     token_issued_at: str = ""
+    # When the provisioner last booted the host into the agent (RFC 3339; "" when the host is
+    # not meant to be running one): only a token issued after it can be the agent's own.
+    agent_boot_at: str = ""
     results: dict[str, RecordedResult] = field(default_factory=dict)
     # The Secret as read: its resourceVersion ("" when it does not exist yet).
     resource_version: str = ""
@@ -122,6 +125,25 @@ class AgentRecord:
         held = bool(self.token_hash)
         self.token_hash = self.token_id = self.token_issued_at = ""
         return held
+
+    def expect_agent(self) -> None:
+        """The provisioner boots the host into the agent now: the token held so far goes, and
+        only a token issued from now on is the booted agent's."""
+        self.rotate_token()
+        self.agent_boot_at = now_rfc3339()
+
+    def agent_gone(self) -> None:
+        """The host runs something else now (its own OS): no token, none expected."""
+        self.rotate_token()
+        self.agent_boot_at = ""
+
+    @property
+    def token_from_booted_agent(self) -> bool:
+        """A token is held and was issued after the provisioner's last agent boot (so it is not
+        one that whatever ran on the host before, e.g. a tenant's OS, got by looking up)."""
+        return bool(
+            self.token_hash and self.agent_boot_at and self.token_issued_at >= self.agent_boot_at
+        )
 
     # --- results -------------------------------------------------------------------------
 
@@ -165,6 +187,8 @@ class AgentRecord:
             values["token-sha256"] = self.token_hash.encode()
             values["token-id"] = self.token_id.encode()
             values["token-issued-at"] = self.token_issued_at.encode()
+        if self.agent_boot_at:
+            values["agent-boot-at"] = self.agent_boot_at.encode()
         for command_id, result in self.results.items():
             values[RESULT_PREFIX + command_id] = orjson.dumps(result.to_json())
         return {key: base64.b64encode(value).decode() for key, value in sorted(values.items())}
@@ -193,6 +217,7 @@ class AgentRecord:
             token_hash=values.get("token-sha256", b"").decode(errors="replace"),
             token_id=values.get("token-id", b"").decode(errors="replace"),
             token_issued_at=values.get("token-issued-at", b"").decode(errors="replace"),
+            agent_boot_at=values.get("agent-boot-at", b"").decode(errors="replace"),
             results=results,
             resource_version=version,
         )
@@ -260,6 +285,14 @@ class AgentRecords:
         """Forget the host's agent token (for a provisioner that restarts the host's agent);
         True if one was held."""
         return await self.update(host, lambda record: record.rotate_token())
+
+    async def expect_agent(self, host: JsonObject) -> None:
+        """See `AgentRecord.expect_agent` (the provisioner, as it boots the agent)."""
+        await self.update(host, lambda record: record.expect_agent())
+
+    async def agent_gone(self, host: JsonObject) -> None:
+        """See `AgentRecord.agent_gone` (the provisioner, once the host runs its own OS)."""
+        await self.update(host, lambda record: record.agent_gone())
 
     async def _write(self, host: JsonObject, record: AgentRecord) -> None:
         namespace, name, uid = _identity(host)

@@ -342,10 +342,12 @@ class DirectProvisioner:
             return await self._agent_timed_out(record, work)
         state = await self._read_power()
         if state == BMCPower.ON:
-            if record.token_hash:
+            if record.token_from_booted_agent:
                 if boot is None:
                     # An agent this process did not boot (an operator restart): its token
-                    # tells since when it has been up.
+                    # tells since when it has been up. Only a token issued after the last
+                    # agent boot counts: one that the host's own OS (a tenant's) got by
+                    # looking itself up must never stand in for the agent's work.
                     session.boot = boot = AgentBoot(since=now - _age(record), phase="running")
                     if now - boot.since >= settings.agent_timeout:
                         return await self._agent_timed_out(record, work)
@@ -369,7 +371,7 @@ class DirectProvisioner:
                 and now - boot.started < settings.power_timeout
             ):
                 return in_progress(settings.poll_interval)  # our power on is on its way
-            await self._records().rotate_token(host)  # the agent we boot gets a new token
+            await self._records().expect_agent(host)  # the agent we boot gets a new token
             await self._bmc_call("boot-agent", lambda bmc: self._boot_agent(bmc, address))
             session.power_request = PowerRequest(PowerAction.ON, now)
             session.boot = AgentBoot(
@@ -584,7 +586,7 @@ class DirectProvisioner:
         pending = await self._power(True)
         if pending is not None:
             return pending
-        await self._records().rotate_token(self._host_json())
+        await self._records().agent_gone(self._host_json())  # up from its disk: no agent
         session.finishing = ""
         return DONE
 

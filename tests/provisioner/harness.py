@@ -458,26 +458,30 @@ class Image:
     sha256: str  # `sha256sum` of the file
 
 
-def make_qcow2(root: Path, name: str = "os") -> Image:
-    """A 128 MiB GPT disk image, an ext4 root holding real files (64 MiB of them random, so
-    the qcow2 file is larger than what loopback sockets buffer: a GET that sends all of it
-    was read to the end), as qcow2."""
+def make_qcow2(root: Path, name: str = "os", *, size_mib: int = 128, random_mib: int = 64) -> Image:
+    """A ``size_mib`` MiB GPT disk image, an ext4 root holding real files (``random_mib``
+    MiB of them random; with the defaults the qcow2 file is larger than what loopback
+    sockets buffer: a GET that sends all of it was read to the end), as qcow2."""
+    esp_mib = max(1, min(8, size_mib // 16))
+    root_mib = size_mib - esp_mib - 10  # room before, after (the backup GPT) and to spare
+    fs_mib = root_mib * 10 // 11  # the file system does not fill its partition
     raw = root / f"{name}.raw"
     with raw.open("wb") as f:
-        f.truncate(128 * MiB)
+        f.truncate(size_mib * MiB)
     # Partitions aligned to 2048 sectors at both ends, as partitioning tools make them (the
     # lab's disk boot takes any `sgdisk --verify` caution for a problem).
-    sh("sgdisk", "-n1:2048:+8M", "-t1:ef00", "-n2:0:+110M", "-t2:8300", "-c2:root", raw)
+    sh("sgdisk", f"-n1:2048:+{esp_mib}M", "-t1:ef00", f"-n2:0:+{root_mib}M", "-t2:8300",
+       "-c2:root", raw)  # fmt: skip
     with raw.open("r+b") as f:
         f.seek(2048 * SECTOR)
         f.write(os.urandom(MiB))
     tree = root / f"{name}-tree"
     (tree / "etc").mkdir(parents=True)
     (tree / "etc" / "os-release").write_text(f'NAME="{name}"\n')
-    (tree / "data.bin").write_bytes(os.urandom(64 * MiB))
+    (tree / "data.bin").write_bytes(os.urandom(random_mib * MiB))
     fs = root / f"{name}.ext4"
     with fs.open("wb") as f:
-        f.truncate(100 * MiB)
+        f.truncate(fs_mib * MiB)
     sh("mkfs.ext4", "-q", "-F", "-d", tree, fs)
     table = json.loads(sh("sfdisk", "--json", raw).stdout)["partitiontable"]
     start = int(next(p for p in table["partitions"] if p["node"] == f"{raw}2")["start"])

@@ -7,7 +7,8 @@ lab namespace, for the hosts, and 127.0.0.1, for the BMCs' virtual-media downloa
 operator. Nothing else is served: no listings, nothing outside the folder, no symlinks out of
 it. Every request is appended to `DIR/images/access.log` as a JSON line
 (`{"time", "listener", "client", "method", "path", "range", "status", "bytes"}`, `bytes` being
-the body bytes actually sent) so tests can count GETs.
+the body bytes sent, counted a MiB at a time: for a client that left half way, up to a MiB
+it was sent last may be missing) so tests can count GETs.
 
 The agent ISO (`agent.iso`) is what the lab's hosts boot the agent from by virtual media: an
 ISO 9660 image whose `boot/cmdline` names the agent API and its CA the way a real agent ISO's
@@ -52,6 +53,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
     timeout = 120  # an idle keep-alive connection is closed after this many seconds
+    body_sent = 0  # body bytes of the current response sent so far
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("image server: " + format, *args)
@@ -66,7 +68,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         images = self.server.images
         path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
         requested = self.headers.get("Range")
-        sent = 0
+        self.body_sent = 0  # kept up to date while sending: a client may leave half way
         status = 500
         try:
             file = images.resolve(path)
@@ -93,7 +95,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
                 self.end_headers()
                 if body and length:
-                    sent = self._send_file(handle, start, length)
+                    self._send_file(handle, start, length)
         except OSError as exc:
             log.info("image server: %s %s: %s", self.command, path, exc)
             self.close_connection = True
@@ -105,18 +107,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 path=path,
                 range_header=requested,
                 status=status,
-                sent=sent,
+                sent=self.body_sent,
             )
 
-    def _send_file(self, handle: io.BufferedReader, start: int, length: int) -> int:
+    def _send_file(self, handle: io.BufferedReader, start: int, length: int) -> None:
         self.wfile.flush()
-        sent = 0
-        while sent < length:
-            count = self.connection.sendfile(handle, start + sent, min(CHUNK * 8, length - sent))
+        while self.body_sent < length:
+            count = self.connection.sendfile(
+                handle, start + self.body_sent, min(CHUNK, length - self.body_sent)
+            )
             if count == 0:
                 break
-            sent += count
-        return sent
+            self.body_sent += count
 
     def _empty(self, status: int, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)

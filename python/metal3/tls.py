@@ -29,6 +29,7 @@ class TLSFiles:
 def write_private(path: Path, data: bytes) -> None:
     """Write a file only its owner can read (created so, never briefly world-readable)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a file that already existed keeps its mode through O_CREAT
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
 

@@ -417,3 +417,18 @@ def test_a_file_is_not_a_disk(images: Images, tmp_path: Path) -> None:
         deploy(request)
 
     assert file.read_bytes() == b"\x11" * (4 * MiB)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://user:pa55@images.example:8443/d.qcow2?X-Sig=abc#f", "https://images.example:8443/d.qcow2"),
+        ("http://[fd00::1]/img.raw?token=t", "http://[fd00::1]/img.raw"),
+        ("http://images.example/img.raw", "http://images.example/img.raw"),
+        ("/srv/images/local.raw", "/srv/images/local.raw"),
+    ],
+)  # fmt: skip
+def test_messages_show_image_urls_without_credentials(url: str, shown: str) -> None:
+    from metal3.agent.deploy import shown_url
+
+    assert shown_url(url) == shown

@@ -24,6 +24,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from metal3 import imagestream
 from metal3.agent.blockdev import ToolError, ensure_not_in_use, find_disk, run_tool, size_bytes
@@ -150,6 +151,19 @@ class DeployResult:
         }
 
 
+def shown_url(url: str) -> str:
+    """A URL as messages may show it: without user and password, query or fragment (a
+    pre-signed URL's signature is a credential too)."""
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 def deploy(
     request: DeployRequest, *, progress: imagestream.ProgressCallback | None = None
 ) -> DeployResult:
@@ -203,11 +217,11 @@ def deploy(
         raise _failed(ImageChecksumMismatchError, str(exc), disk.path, disk_size, size) from exc
     except (ValueError, imagestream.ChecksumError) as exc:
         # Both are raised from the arguments, before anything is written.
-        raise InvalidDeployRequestError(f"{request.image_url}: {exc}") from exc
+        raise InvalidDeployRequestError(f"{shown_url(request.image_url)}: {exc}") from exc
     except imagestream.ImageStreamError as exc:
         kind = _error_kind(exc)
         raise _failed(
-            kind, f"{request.image_url}: {exc}", disk.path, disk_size, image_size
+            kind, f"{shown_url(request.image_url)}: {exc}", disk.path, disk_size, image_size
         ) from exc
     write_seconds = time.perf_counter() - t
     image_size = written.virtual_size
@@ -264,9 +278,9 @@ def _check_image(request: DeployRequest, disk: str, disk_size: int, *, config_dr
             request.image_url, insecure=request.insecure, ca_file=request.ca_file
         )
     except ValueError as exc:
-        raise InvalidDeployRequestError(f"{request.image_url}: {exc}") from exc
+        raise InvalidDeployRequestError(f"{shown_url(request.image_url)}: {exc}") from exc
     except imagestream.ImageStreamError as exc:
-        raise _error_kind(exc)(f"{request.image_url}: {exc}") from exc
+        raise _error_kind(exc)(f"{shown_url(request.image_url)}: {exc}") from exc
     size = info.virtual_size or 0
     # The config drive partition starts on a MiB boundary after the image's last partition
     # and a GPT needs its backup after it: one MiB more covers both.

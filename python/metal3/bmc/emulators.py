@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from metal3.tls import TLSFiles
+from metal3.tls import TLSFiles, write_private
 from metal3.tls import make_tls_files as make_ca_and_server_certificate
 
 LOCALHOST = "127.0.0.1"
@@ -418,8 +418,7 @@ class IPMISimulator(_Process):
         """Start the process without waiting for it (`wait_ready` does)."""
         users_file = self.workdir / "users"
         # user<TAB>password per line: keeps passwords out of the process list
-        users_file.write_text("".join(f"{u}\t{p}\n" for u, p in self.users.items()))
-        users_file.chmod(0o600)
+        write_private(users_file, "".join(f"{u}\t{p}\n" for u, p in self.users.items()).encode())
         ready = self._ready_file
         ready.unlink(missing_ok=True)
         self._spawn(

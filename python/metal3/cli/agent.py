@@ -31,7 +31,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "metal3.agent_ca_file=PATH or metal3.agent_ca=BASE64-PEM).",
     )
     run.add_argument("--api", help="https://HOST:PORT of the agent API")
-    run.add_argument("--ca-file", help="CA certificate (PEM) that signed the agent API's")
+    run.add_argument(
+        "--ca-file", help="CA certificate (PEM) that signed the agent API's certificate"
+    )
     run.add_argument(
         "--state-dir",
         type=Path,

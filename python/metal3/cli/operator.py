@@ -53,9 +53,10 @@ def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--agent-kernel-url",
         metavar="URL",
-        help="the agent's kernel, for hosts booting it from the network (ipmi, redfish, "
-        "idrac-redfish, ilo5-redfish): a network boot server you run (DHCP + PXE/iPXE; metal3 "
-        "runs none) serves it to them; with --agent-initramfs-url",
+        help="where your network boot server (DHCP + PXE/iPXE) serves the agent's kernel to "
+        "hosts that boot it from the network (ipmi, redfish, idrac-redfish, ilo5-redfish): with "
+        "--agent-initramfs-url it turns network boot of the agent on; metal3 runs no boot "
+        "server yet and hands the URL to none, so that server must be set up to serve it",
     )
     parser.add_argument(
         "--agent-initramfs-url",

@@ -105,9 +105,9 @@ def test_no_subcommand_is_a_usage_error() -> None:
 
 
 def test_extension_version_matches_package() -> None:
-    from metal3 import _imagestream
+    from metal3 import _native
 
-    assert _imagestream.__version__ == metal3.__version__
+    assert _native.__version__ == metal3.__version__
 
 
 def test_command_in_finds_the_subcommand() -> None:
@@ -148,7 +148,7 @@ def test_image_write_imports_only_the_image_streaming_core(tmp_path: Path) -> No
     package = sorted(m for m in modules if m.startswith("metal3"))
     assert package == [
         "metal3",
-        "metal3._imagestream",
+        "metal3._native",
         "metal3.cli",
         "metal3.cli.image",
         "metal3.imagestream",

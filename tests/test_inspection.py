@@ -5,31 +5,47 @@ by hand from /proc, lsblk and ip, and public Ironic, ironic-inspector, ironic-py
 baremetal-operator fixtures re-typed as facts; each file says where its inventory comes from,
 and its expected output is written by hand from the upstream rules (never produced by this
 module). The tables below pin one rule each, and the malformed documents the errors.
+
+Every test runs on both implementations: the native converter behind `metal3.inspection` and
+the Python one it replaced (tests/inspection_reference.py), which must agree everywhere.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import pytest
 
+import inspection_reference
+import metal3.inspection
 from api.examples import crd_schema
 from metal3.api.hardware import HardwareDetails
 from metal3.api.hardwaredata import HardwareData
 from metal3.api.model import Model
 from metal3.api.structural import admit
-from metal3.inspection import (
-    InventoryError,
-    hardware_data_manifest,
-    hardware_details_from_inventory,
-    parse_inventory,
-)
+from metal3.inspection import InventoryError, hardware_data_manifest
 
 DATA = Path(__file__).parent / "inspection_data"
 CASES = sorted(DATA.glob("*.json"))
+IMPLEMENTATIONS = {"native": metal3.inspection, "reference": inspection_reference}
+
+
+class Implementation(Protocol):
+    def hardware_details_from_inventory(
+        self, inventory: Mapping[str, Any] | bytes | str
+    ) -> dict[str, Any]: ...
+    def parse_inventory(self, raw: bytes | str) -> dict[str, Any]: ...
+
+
+@pytest.fixture(params=list(IMPLEMENTATIONS))
+def impl(request: pytest.FixtureRequest) -> Implementation:
+    """The implementation under test: `metal3.inspection` (native) or the Python reference."""
+    module: Implementation = IMPLEMENTATIONS[request.param]
+    return module
 
 
 def load_case(path: Path) -> dict[str, Any]:
@@ -43,9 +59,9 @@ def nic(**fields: Any) -> dict[str, Any]:
     return {"name": "eth0", "mac_address": "52:54:00:12:34:56", **fields}
 
 
-def convert(**inventory: Any) -> dict[str, Any]:
+def convert(impl: Implementation, **inventory: Any) -> dict[str, Any]:
     inventory.setdefault("interfaces", [nic()])
-    return hardware_details_from_inventory(inventory)
+    return impl.hardware_details_from_inventory(inventory)
 
 
 def undeclared_fields(model: Any, path: str = "") -> list[str]:
@@ -64,26 +80,26 @@ def undeclared_fields(model: Any, path: str = "") -> list[str]:
 
 
 @pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
-def test_real_inventory_converts_to_the_expected_hardware(path: Path) -> None:
+def test_real_inventory_converts_to_the_expected_hardware(path: Path, impl: Implementation) -> None:
     case = load_case(path)
     inventory = case["inventory"]
     before = copy.deepcopy(inventory)
 
-    result = hardware_details_from_inventory(inventory)
+    result = impl.hardware_details_from_inventory(inventory)
 
     assert result == case["expected"]
     assert inventory == before  # the input is left as it was (flags are sorted in a copy)
     raw = orjson.dumps(inventory)
-    assert hardware_details_from_inventory(raw) == case["expected"]
-    assert hardware_details_from_inventory(raw.decode()) == case["expected"]
-    assert parse_inventory(raw) == inventory
+    assert impl.hardware_details_from_inventory(raw) == case["expected"]
+    assert impl.hardware_details_from_inventory(raw.decode()) == case["expected"]
+    assert impl.parse_inventory(raw) == inventory
 
 
 @pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
-def test_real_inventory_hardware_is_valid_for_the_api(path: Path) -> None:
+def test_real_inventory_hardware_is_valid_for_the_api(path: Path, impl: Implementation) -> None:
     """Every key is a declared field and the HardwareData resource passes the CRD as is."""
     expected = load_case(path)["expected"]
-    result = hardware_details_from_inventory(load_case(path)["inventory"])
+    result = impl.hardware_details_from_inventory(load_case(path)["inventory"])
     model = HardwareDetails.from_json(result)
     assert undeclared_fields(model) == []
     assert model.to_json() == expected
@@ -114,8 +130,10 @@ def test_real_inventory_hardware_is_valid_for_the_api(path: Path) -> None:
         (None, None),
     ],
 )
-def test_clock_megahertz_from_frequency(frequency: str | None, clock: int | None) -> None:
-    cpu = convert(cpu={"frequency": frequency})["cpu"]
+def test_clock_megahertz_from_frequency(
+    frequency: str | None, clock: int | None, impl: Implementation
+) -> None:
+    cpu = convert(impl, cpu={"frequency": frequency})["cpu"]
     assert cpu.get("clockMegahertz") == clock
 
 
@@ -123,8 +141,12 @@ def test_clock_megahertz_from_frequency(frequency: str | None, clock: int | None
     ("speed_mbps", "gbps"),
     [(None, None), (-1, None), (0, None), (999, None), (1000, 1), (2500, 2), (25000, 25)],
 )
-def test_speed_gbps_is_truncated(speed_mbps: int | None, gbps: int | None) -> None:
-    assert convert(interfaces=[nic(speed_mbps=speed_mbps)])["nics"][0].get("speedGbps") == gbps
+def test_speed_gbps_is_truncated(
+    speed_mbps: int | None, gbps: int | None, impl: Implementation
+) -> None:
+    assert (
+        convert(impl, interfaces=[nic(speed_mbps=speed_mbps)])["nics"][0].get("speedGbps") == gbps
+    )
 
 
 @pytest.mark.parametrize(
@@ -138,9 +160,9 @@ def test_speed_gbps_is_truncated(speed_mbps: int | None, gbps: int | None) -> No
     ],
 )
 def test_nic_model_is_vendor_and_product(
-    vendor: str | None, product: str | None, model: str | None
+    vendor: str | None, product: str | None, model: str | None, impl: Implementation
 ) -> None:
-    result = convert(interfaces=[nic(vendor=vendor, product=product)])
+    result = convert(impl, interfaces=[nic(vendor=vendor, product=product)])
     assert result["nics"][0].get("model") == model
 
 
@@ -162,16 +184,20 @@ def test_nic_model_is_vendor_and_product(
     ],
 )
 def test_storage_name_and_type(
-    disk: dict[str, Any], name: str, alternate_names: list[str], disk_type: str
+    disk: dict[str, Any],
+    name: str,
+    alternate_names: list[str],
+    disk_type: str,
+    impl: Implementation,
 ) -> None:
-    (storage,) = convert(disks=[disk])["storage"]
+    (storage,) = convert(impl, disks=[disk])["storage"]
     assert storage["name"] == name
     assert storage["alternateNames"] == alternate_names
     assert storage["type"] == disk_type
     assert storage.get("rotational") == (True if disk.get("rotational") else None)
 
 
-def test_storage_fields_are_renamed_and_empty_ones_left_out() -> None:
+def test_storage_fields_are_renamed_and_empty_ones_left_out(impl: Implementation) -> None:
     disk = {
         "name": "/dev/sdc",
         "size": 18000207937536,
@@ -185,7 +211,7 @@ def test_storage_fields_are_renamed_and_empty_ones_left_out() -> None:
         "tran": "sas",
         "logical_sectors": 512,
     }
-    assert convert(disks=[disk])["storage"] == [
+    assert convert(impl, disks=[disk])["storage"] == [
         {
             "name": "/dev/sdc",
             "alternateNames": ["/dev/sdc"],
@@ -200,7 +226,7 @@ def test_storage_fields_are_renamed_and_empty_ones_left_out() -> None:
             "hctl": "0:0:2:0",
         }
     ]
-    assert convert(disks=[{"name": "/dev/sdd", "size": 0, "serial": "", "hctl": None}])[
+    assert convert(impl, disks=[{"name": "/dev/sdd", "size": 0, "serial": "", "hctl": None}])[
         "storage"
     ] == [{"name": "/dev/sdd", "alternateNames": ["/dev/sdd"], "type": "SSD"}]
 
@@ -223,24 +249,27 @@ def test_storage_fields_are_renamed_and_empty_ones_left_out() -> None:
         ),
     ],
 )
-def test_pxe_is_the_boot_interface(pxe_interface: str | None, mac: str, pxe: bool) -> None:
-    result = convert(boot={"pxe_interface": pxe_interface}, interfaces=[nic(mac_address=mac)])
+def test_pxe_is_the_boot_interface(
+    pxe_interface: str | None, mac: str, pxe: bool, impl: Implementation
+) -> None:
+    result = convert(impl, boot={"pxe_interface": pxe_interface}, interfaces=[nic(mac_address=mac)])
     assert result["nics"][0].get("pxe", False) is pxe
 
 
-def test_pxe_needs_a_named_interface() -> None:
+def test_pxe_needs_a_named_interface(impl: Implementation) -> None:
     """Ironic leaves a record without a name out of its interfaces, so it is never PXE."""
     result = convert(
+        impl,
         boot={"pxe_interface": "52:54:00:12:34:56"},
         interfaces=[{"mac_address": "52:54:00:12:34:56", "ipv4_address": "192.0.2.9"}],
     )
     assert result["nics"] == [{"mac": "52:54:00:12:34:56", "ip": "192.0.2.9"}]
 
 
-def test_dual_stack_entries_share_nothing_mutable() -> None:
+def test_dual_stack_entries_share_nothing_mutable(impl: Implementation) -> None:
     tlvs = [[1, "04aabbccddeeff"], [127, "0080c20300650776" + "6c616e313031"]]
     iface = nic(ipv4_address="192.0.2.1", ipv6_address="2001:db8::1", lldp=tlvs)
-    first, second = convert(interfaces=[iface])["nics"]
+    first, second = convert(impl, interfaces=[iface])["nics"]
     assert first["ip"] == "192.0.2.1" and second["ip"] == "2001:db8::1"
     assert first["vlans"] == second["vlans"] == [{"id": 101, "name": "vlan101"}]
     first["vlans"][0]["name"] = "changed"
@@ -297,24 +326,25 @@ def test_lldp_facts(
     lldp: dict[str, str] | None,
     vlans: list[dict[str, Any]] | None,
     vlan_id: int | None,
+    impl: Implementation,
 ) -> None:
-    (result,) = convert(interfaces=[nic(lldp=tlvs)])["nics"]
+    (result,) = convert(impl, interfaces=[nic(lldp=tlvs)])["nics"]
     assert result.get("lldp") == lldp
     assert result.get("vlans") == vlans
     assert result.get("vlanId") == vlan_id
 
 
-def test_lldp_is_read_for_the_first_64_interfaces_only() -> None:
+def test_lldp_is_read_for_the_first_64_interfaces_only(impl: Implementation) -> None:
     """As Ironic's parse_lldp hook, which stops at 64 interfaces."""
     interfaces = [
         nic(name=f"eth{i}", mac_address=f"52:54:00:00:00:{i:02x}", lldp=[[2, "05" + _hex(f"p{i}")]])
         for i in range(66)
     ]
-    nics = convert(interfaces=interfaces)["nics"]
+    nics = convert(impl, interfaces=interfaces)["nics"]
     assert [n.get("lldp") for n in nics[62:]] == [{"portID": "p62"}, {"portID": "p63"}, None, None]
 
 
-def test_switch_tlvs_shared_by_nics_give_each_nic_its_own_values() -> None:
+def test_switch_tlvs_shared_by_nics_give_each_nic_its_own_values(impl: Implementation) -> None:
     shared = [
         [1, "04b8599f000001"],
         [127, "0080c2010064"],
@@ -328,7 +358,7 @@ def test_switch_tlvs_shared_by_nics_give_each_nic_its_own_values() -> None:
         )
         for i in range(2)
     ]
-    first, second = convert(interfaces=interfaces)["nics"]
+    first, second = convert(impl, interfaces=interfaces)["nics"]
     assert first["lldp"] == {"switchID": "b8:59:9f:00:00:01", "portID": "Et0"}
     assert second["lldp"] == {"switchID": "b8:59:9f:00:00:01", "portID": "Et1"}
     assert first["vlans"] == second["vlans"] == [{"id": 100, "name": "vlan100"}]
@@ -336,8 +366,9 @@ def test_switch_tlvs_shared_by_nics_give_each_nic_its_own_values() -> None:
     assert first["vlanId"] == second["vlanId"] == 100
 
 
-def test_system_vendor_firmware_and_hostname() -> None:
+def test_system_vendor_firmware_and_hostname(impl: Implementation) -> None:
     result = convert(
+        impl,
         system_vendor={
             "manufacturer": "Dell Inc.",
             "product_name": "PowerEdge R650",
@@ -355,14 +386,14 @@ def test_system_vendor_firmware_and_hostname() -> None:
     assert "hostname" not in result
     # IPA's own key is build_date; it wins over date.
     firmware = {"build_date": "2019-07-10", "date": "other"}
-    assert convert(system_vendor={"firmware": firmware})["firmware"] == {
+    assert convert(impl, system_vendor={"firmware": firmware})["firmware"] == {
         "bios": {"date": "2019-07-10"}
     }
 
 
-def test_sections_that_are_always_written() -> None:
+def test_sections_that_are_always_written(impl: Implementation) -> None:
     """Go writes plain structs even when empty: systemVendor, firmware.bios and cpu."""
-    assert convert() == {
+    assert convert(impl) == {
         "systemVendor": {},
         "firmware": {"bios": {}},
         "nics": [{"name": "eth0", "mac": "52:54:00:12:34:56"}],
@@ -370,8 +401,8 @@ def test_sections_that_are_always_written() -> None:
     }
 
 
-def test_hardware_data_manifest_is_owned_by_its_host() -> None:
-    details = convert(hostname="node-7")
+def test_hardware_data_manifest_is_owned_by_its_host(impl: Implementation) -> None:
+    details = convert(impl, hostname="node-7")
     manifest = hardware_data_manifest("lab", "node-7", "6d1e-uid", details)
     assert manifest == {
         "apiVersion": "metal3.io/v1alpha1",
@@ -574,26 +605,30 @@ MALFORMED: list[tuple[str, bytes | dict[str, Any] | list[Any], str, str]] = [
     ids=[case[0] for case in MALFORMED],
 )
 def test_malformed_inventory_is_refused_naming_the_field(
-    document: bytes | dict[str, Any], path: str, message: str
+    document: bytes | dict[str, Any], path: str, message: str, impl: Implementation
 ) -> None:
     raw = document if isinstance(document, bytes) else orjson.dumps(document)
     with pytest.raises(InventoryError) as parsed:
-        parse_inventory(raw)
+        impl.parse_inventory(raw)
     assert parsed.value.path == path
     assert message in parsed.value.message
     assert str(parsed.value).startswith(f"inventory{path}: ")
     with pytest.raises(InventoryError) as converted:
-        hardware_details_from_inventory(raw)
+        impl.hardware_details_from_inventory(raw)
     assert str(converted.value) == str(parsed.value)
     if isinstance(document, dict):
         with pytest.raises(InventoryError) as from_dict:
-            hardware_details_from_inventory(document)
+            impl.hardware_details_from_inventory(document)
         assert str(from_dict.value) == str(parsed.value)
 
 
-def test_a_mapping_that_is_not_a_dict_is_read_and_anything_else_refused() -> None:
+def test_a_mapping_that_is_not_a_dict_is_read_and_anything_else_refused(
+    impl: Implementation,
+) -> None:
     from types import MappingProxyType
 
-    assert hardware_details_from_inventory(MappingProxyType({"interfaces": [GOOD_NIC]}))["nics"]
+    assert impl.hardware_details_from_inventory(MappingProxyType({"interfaces": [GOOD_NIC]}))[
+        "nics"
+    ]
     with pytest.raises(InventoryError, match=r"^inventory: expected an object, got integer$"):
-        hardware_details_from_inventory(42)  # type: ignore[arg-type]
+        impl.hardware_details_from_inventory(42)  # type: ignore[arg-type]

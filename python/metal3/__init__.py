@@ -1,8 +1,8 @@
 """metal3: a Kubernetes-native bare-metal host manager.
 
 The package holds the BareMetalHost API types (:mod:`metal3.api`), the command line
-(:mod:`metal3.cli`) and, as a compiled extension, the image streaming core
-(:mod:`metal3._imagestream`).
+(:mod:`metal3.cli`) and, as one compiled extension (:mod:`metal3._native`), the Rust cores of
+the image writer and the inventory converter.
 
 ``__version__`` is looked up on first use: reading the installed metadata costs tens of
 milliseconds, and every `metal3` process (the agent's among them) imports this package.

@@ -1,6 +1,6 @@
 """One-pass streaming of disk images (raw, qcow2, gzip/xz/zstd raw) onto a disk.
 
-A thin layer over the Rust extension ``metal3._imagestream``: it adds the one rule callers must
+A thin layer over the Rust extension ``metal3._native``: it adds the one rule callers must
 not get wrong. A write whose checksum did not match raises `ChecksumMismatchError` (carrying the
 result), so a returned `WriteResult` with ``verified`` true is the only "written and verified".
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from os import PathLike
 
-from metal3._imagestream import (
+from metal3._native import (
     DEFAULT_MAX_BUFFER,
     CancelToken,
     ChecksumError,
@@ -36,8 +36,8 @@ from metal3._imagestream import (
     WriteCancelledError,
     WriteResult,
 )
-from metal3._imagestream import info as _info
-from metal3._imagestream import write as _write
+from metal3._native import info as _info
+from metal3._native import write as _write
 
 __all__ = [
     "DEFAULT_MAX_BUFFER",

@@ -4,8 +4,8 @@
 //! and the gzip/xz trailer readers, which parse bytes fetched from the end of a source.
 #![no_main]
 
-use _imagestream::error::Result;
-use _imagestream::stream::RangeFetch;
+use imagestream::error::Result;
+use imagestream::stream::RangeFetch;
 use libfuzzer_sys::fuzz_target;
 
 /// Range requests answered from the input, refusing ranges past its end as a server would.
@@ -28,9 +28,9 @@ fuzz_target!(|data: &[u8]| {
     let with_ranges = data[1] & 1 == 1;
     let max_buffer = if data[1] & 2 == 2 { 1 << 10 } else { 1 << 16 };
     let image = &data[2..];
-    let _ = _imagestream::qcow2::decode_in_memory(image, chunk, max_buffer, with_ranges, 8 << 20);
-    let _ = _imagestream::pipeline::detect(image);
+    let _ = imagestream::qcow2::decode_in_memory(image, chunk, max_buffer, with_ranges, 8 << 20);
+    let _ = imagestream::pipeline::detect(image);
     let len = image.len() as u64;
-    let _ = _imagestream::container_size::from_tail(true, len, &mut Tail(image));
-    let _ = _imagestream::container_size::from_tail(false, len, &mut Tail(image));
+    let _ = imagestream::container_size::from_tail(true, len, &mut Tail(image));
+    let _ = imagestream::container_size::from_tail(false, len, &mut Tail(image));
 });

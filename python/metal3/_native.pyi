@@ -1,8 +1,12 @@
-"""Typed interface of the Rust extension built from ``rust/imagestream``."""
+"""Typed interface of the Rust extension built from ``rust/native``.
+
+Image streaming (``rust/imagestream``; ``metal3.imagestream`` is its API) and the inventory
+converter (``rust/inventory``; ``metal3.inspection`` is its API).
+"""
 
 from collections.abc import Callable
 from os import PathLike
-from typing import ClassVar, final
+from typing import Any, ClassVar, final
 
 __all__ = [
     "DEFAULT_MAX_BUFFER",
@@ -12,6 +16,7 @@ __all__ = [
     "ImageInfo",
     "ImageStreamError",
     "InternalError",
+    "InventoryError",
     "LayoutError",
     "SourceError",
     "TargetDeviceError",
@@ -24,6 +29,8 @@ __all__ = [
     "WriteCancelledError",
     "WriteResult",
     "__version__",
+    "hardware_details_from_document",
+    "hardware_details_from_json",
     "info",
     "write",
 ]
@@ -126,3 +133,12 @@ def info(
     connect_timeout: float = 30.0,
     read_timeout: float = 60.0,
 ) -> ImageInfo: ...
+
+# --- inventories ----------------------------------------------------------------------------
+
+class InventoryError(ValueError):
+    path: str
+    message: str
+
+def hardware_details_from_json(raw: bytes | str) -> dict[str, Any]: ...
+def hardware_details_from_document(document: object) -> dict[str, Any]: ...

@@ -86,6 +86,13 @@ class SimSession(serversession.ServerSession):  # type: ignore[misc]
             return
         super()._got_rakp1(data)
 
+    def sessionless_data(self, data: Any, sockaddr: Any) -> None:
+        """A packet pyghmi queued for this session that it processes after the session has
+        gone (expired, or the client started another): pyghmi hands it over as sessionless
+        data, which only the BMC handles (without this the simulator died with an
+        AttributeError, seen with 50 hosts under load): pass it on."""
+        self.bmc.sessionless_data(data, sockaddr)
+
 
 class SimulatedBMC(pyghmi_bmc.Bmc):  # type: ignore[misc]
     """Power and boot-override state of one simulated server."""

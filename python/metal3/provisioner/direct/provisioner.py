@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 VIRTUAL_MEDIA = BootMethod.VIRTUAL_MEDIA
+FIRST_POWER_POLL = 0.1  # seconds after a power request before its effect is first looked for
 JsonObject = dict[str, Any]
 
 
@@ -206,10 +207,11 @@ class DirectProvisioner:
             session.power_request = None
             session.soft_off_since = None
             return None
-        poll = in_progress(settings.poll_interval)
+        now = self._clock()
+        pending = session.power_request
+        poll = self._power_poll(now - pending.at if pending else settings.poll_interval)
         if state not in (BMCPower.ON, BMCPower.OFF):
             return poll  # changing, or the BMC cannot tell yet
-        now = self._clock()
         if on:
             action = PowerAction.ON
         elif hard:
@@ -247,7 +249,16 @@ class DirectProvisioner:
             await self._bmc_call(f"power-{action}", lambda bmc: bmc.request_power(action))
         log.info("%s: power %s requested", self.name, action)
         session.power_request = PowerRequest(action, now)
-        return poll
+        return self._power_poll(0.0)
+
+    def _power_poll(self, since_request: float) -> Result:
+        """Look again soon after a power request, then less and less often (the delay
+        doubles from `FIRST_POWER_POLL` up to `poll_interval`): a BMC that applies the
+        change at once is seen within a fraction of a second, where a fixed `poll_interval`
+        added up to that much to every power change (two per provisioning), and a slow one
+        costs a few more power reads."""
+        interval = self.settings.poll_interval
+        return in_progress(min(interval, max(FIRST_POWER_POLL, since_request)))
 
     async def power_on(self, *, force: bool) -> Result:
         async def step() -> Result:
@@ -372,11 +383,19 @@ class DirectProvisioner:
             ):
                 return in_progress(settings.poll_interval)  # our power on is on its way
             await self._records().expect_agent(host)  # the agent we boot gets a new token
-            await self._bmc_call("boot-agent", lambda bmc: self._boot_agent(bmc, address))
+            starting = AgentBoot(since=boot.since if boot else now, phase="starting", started=now)
+            try:
+                await self._bmc_call("boot-agent", lambda bmc: self._boot_agent(bmc, address))
+            except StillRunning:
+                # A slow BMC: the boot goes on in the background, and the reconcile its end
+                # wakes finds the host on (or still off) without asking for this call again.
+                # It must know the boot is ours, or it powers the host off again, and an
+                # earlier power-off request left as pending waits for a change never asked.
+                session.power_request = PowerRequest(PowerAction.ON, now)
+                session.boot = starting
+                raise
             session.power_request = PowerRequest(PowerAction.ON, now)
-            session.boot = AgentBoot(
-                since=boot.since if boot else now, phase="starting", started=now
-            )
+            session.boot = starting
             log.info(
                 "%s: booting the agent (%s) for %s",
                 self.name,

@@ -118,7 +118,10 @@ async def test_image_404_is_a_provisioning_error_and_nothing_is_written(
         obj = await c.wait_for(
             name, lambda o: status(o).get("errorType") == "provisioning error", timeout=120
         )
-        assert state(obj) == "provisioning"
+        # The error is recorded in provisioning; any later wake-up (the host's power-off
+        # after the failure) moves it on to deprovisioning with the error kept, as
+        # upstream's state machine does, so a slow observer may see either.
+        assert state(obj) in ("provisioning", "deprovisioning")
         message = status(obj)["errorMessage"]
         assert message.startswith("the agent's deploy failed: "), message
         assert url in message and "404" in message, message
@@ -174,7 +177,7 @@ async def test_agent_killed_mid_write_fails_once_then_the_retry_writes_the_image
                 lambda o: status(o).get("errorType") == "provisioning error",
                 timeout=AGENT_TIMEOUT + 30,
             )
-            assert state(obj) == "provisioning"
+            assert state(obj) in ("provisioning", "deprovisioning")  # see the 404 test
             assert status(obj)["errorMessage"] == (
                 f"the agent did not report the result of deploy within {AGENT_TIMEOUT:.0f}s; "
                 "the host was powered off"

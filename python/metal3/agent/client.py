@@ -45,13 +45,16 @@ class AgentApiError(AgentError):
 
 @dataclass(frozen=True)
 class Lookup:
-    """The lookup's answer: the host, and its token if this was the first lookup."""
+    """The lookup's answer: the host, and its token if this was the first lookup; or, from an
+    operator that discovers unknown hosts, no host and a discovery token (good only for
+    sending the inventory, `send_inventory`)."""
 
     namespace: str
     name: str
     uid: str
     token: str | None
     poll_seconds: float
+    discovery_token: str | None = None
 
 
 class AgentClient:
@@ -109,12 +112,22 @@ class AgentClient:
         answer = self.request("POST", "/v1/lookup", body)
         host = answer.get("host") or {}
         token = answer.get("token")
+        discovery = answer.get("discovery") or {}
+        discovery_token = discovery.get("token") if isinstance(discovery, dict) else None
         return Lookup(
             namespace=str(host.get("namespace", "")),
             name=str(host.get("name", "")),
             uid=str(host.get("uid", "")),
             token=token if isinstance(token, str) else None,
             poll_seconds=float(answer.get("poll_seconds") or 30.0),
+            discovery_token=discovery_token if isinstance(discovery_token, str) else None,
+        )
+
+    def send_inventory(self, discovery_token: str, inventory: JsonObject) -> JsonObject:
+        """Send this machine's inventory with a discovery token: the operator makes (or has
+        made) a BareMetalHost of it; the answer names it (``host``, ``created``)."""
+        return self.request(
+            "POST", "/v1/discovery/inventory", {"inventory": inventory}, token=discovery_token
         )
 
     def command(self, uid: str, token: str, wait: float = 0.0) -> JsonObject:

@@ -358,6 +358,10 @@ class Runner:
             raise AgentError("no MAC address to look the host up by")
         self.poll_seconds = 30.0
         self.commands_done = 0
+        # The operator has this machine's inventory from discovery (or already knew the
+        # system): its lookups are refused until the host is registered and the operator
+        # boots the agent itself, so a refusal (403) means "not yet", not "give up".
+        self.discovered = False
 
     def _save(self) -> None:
         self.state.save(self.options.state_dir)
@@ -374,7 +378,7 @@ class Runner:
             try:
                 found = self._lookup()
             except AgentApiError as exc:
-                if exc.status in (400, 404, 409):
+                if exc.status in (400, 404, 409) or (self.discovered and exc.status == 403):
                     if not reported:
                         log.warning(
                             "lookup by %s: %s; looking up again every %.0f s",
@@ -387,6 +391,10 @@ class Runner:
                     continue
                 raise
             self.poll_seconds = found.poll_seconds
+            if found.discovery_token is not None:
+                self._discovered(found.discovery_token)
+                time.sleep(self.options.lookup_interval)
+                continue
             if found.uid != self.state.host_uid:
                 self.state.token = ""
             self.state.host_uid = found.uid
@@ -408,6 +416,38 @@ class Runner:
             )
             self._save()
             time.sleep(self.options.lookup_interval)
+
+    def _discovered(self, discovery_token: str) -> None:
+        """The operator does not know this machine and discovers it: send the inventory
+        (once per discovery token), then go on looking up until the host is registered."""
+        try:
+            answer = retrying(
+                lambda: self.client.send_inventory(discovery_token, _inventory()),
+                "discovery inventory",
+            )
+        except AgentApiError as exc:
+            if exc.status in (401, 403):  # replaced or expired meanwhile: look up again
+                log.warning("discovery: %s; looking up again", exc.message)
+                return
+            if exc.status not in (400, 409):
+                raise
+            # 409: a host describes this system already; 400: the inventory was refused
+            # (logged by the operator too). Either way: wait for the operator.
+            log.warning("discovery: inventory not taken: %s", exc)
+        else:
+            host = answer.get("host") or {}
+            log.info(
+                "discovery: the operator %s host %s/%s from this machine's inventory",
+                "created" if answer.get("created") else "already has",
+                host.get("namespace"),
+                host.get("name"),
+            )
+        self.discovered = True
+        log.info(
+            "discovery: looking up every %.0f s until the host is registered and booted into "
+            "the agent by the operator",
+            self.options.lookup_interval,
+        )
 
     def _lookup(self) -> Lookup:
         options = self.options

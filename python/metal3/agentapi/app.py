@@ -43,6 +43,7 @@ from metal3.agentapi.records import (
 from metal3.agentapi.tokens import bearer_token, matches, new_token
 from metal3.asgi import BodyTooLargeError, Receive, Scope, Send, read_body
 from metal3.configdata import ConfigDataError
+from metal3.discovery.service import Discovery, DiscoveryOptions, DiscoveryRefusal
 from metal3.kube.client import ApiError, KubeClient
 from metal3.kube.resources import SECRETS
 
@@ -96,11 +97,15 @@ class AgentApi:
         poll_seconds: float = 30.0,
         max_wait: float = 60.0,
         agent_boot_required: bool = False,
+        discovery: DiscoveryOptions | None = None,
     ) -> None:
         """`agent_boot_required`: give a token only to the first lookup after the provisioner
         booted the host into the agent (`AgentRecords.expect_agent`), as the direct provisioner
         does; so whatever else runs on the host (a tenant's OS) cannot act as its agent. Without
-        it (the fixture provisioner boots nothing), the host's state alone decides."""
+        it (the fixture provisioner boots nothing), the host's state alone decides.
+        `discovery`: answer a lookup that matches no host with a discovery-only token, good
+        for sending the inventory only (`metal3.discovery`); None: 404, as without it (it can
+        be switched on and off later: `self.discovery.update`)."""
         self.agent_boot_required = agent_boot_required
         self.client = client
         self.hosts = HostIndex(client, namespace)
@@ -112,6 +117,7 @@ class AgentApi:
         # The latest progress report per host uid (memory only: it is only ever a hint).
         self.progress: dict[str, JsonObject] = {}
         self._closing = False
+        self.discovery = Discovery(client, self.hosts, discovery)
 
     async def run(self) -> None:
         await self.hosts.run()
@@ -169,6 +175,9 @@ class AgentApi:
         if parts == ["v1", "lookup"]:
             _allow(method, "POST")
             return 200, await self._lookup(request, await _read_json(request, receive))
+        if parts == ["v1", "discovery", "inventory"] and self.discovery.enabled:
+            _allow(method, "POST")
+            return await self._discovered(request, await _read_json(request, receive))
         if len(parts) >= 4 and parts[1] == "hosts":
             uid, action = parts[2], parts[3:]
             if action == ["command"]:
@@ -200,6 +209,8 @@ class AgentApi:
             if body.get(key) is not None and not isinstance(body.get(key), str):
                 raise HttpError(400, f"{key} must be a string or null")
         hosts = self.hosts.find_by_macs(macs)
+        if not hosts and self.discovery.enabled:
+            return {**self._discover(request, macs, body), "poll_seconds": self.poll_seconds}
         if not hosts:
             log.info("lookup from %s: no host has %s", request.client, ", ".join(sorted(macs)))
             raise HttpError(404, "no BareMetalHost has any of these MAC addresses")
@@ -254,6 +265,21 @@ class AgentApi:
             "token": token,
             "poll_seconds": self.poll_seconds,
         }
+
+    # --- discovery -----------------------------------------------------------------------
+
+    def _discover(self, request: Request, macs: set[str], body: JsonObject) -> JsonObject:
+        try:
+            return self.discovery.lookup(macs, body)
+        except DiscoveryRefusal as exc:
+            raise _refusal(request, exc) from None
+
+    async def _discovered(self, request: Request, body: JsonObject) -> tuple[int, JsonObject]:
+        token = bearer_token(request.headers.get("authorization"))
+        try:
+            return await self.discovery.inventory(token, body)
+        except DiscoveryRefusal as exc:
+            raise _refusal(request, exc) from None
 
     # --- authentication ------------------------------------------------------------------
 
@@ -417,6 +443,17 @@ class AgentApi:
         if len(self.progress) > 4 * max(1, self.hosts.count):
             for gone in [u for u in self.progress if self.hosts.by_uid(u) is None]:
                 del self.progress[gone]
+
+
+def _refusal(request: Request, exc: DiscoveryRefusal) -> HttpError:
+    """A discovery refusal as the HTTP error it is (logged: 429s at debug, they come in
+    floods)."""
+    level = logging.DEBUG if exc.status == 429 else logging.INFO
+    log.log(level, "discovery: refused %s: %s %s", request.describe(), exc.status, exc.message)
+    headers = {}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = retry_after_header(exc.retry_after)
+    return HttpError(exc.status, exc.message, headers)
 
 
 def _allow(method: str, allowed: str) -> None:

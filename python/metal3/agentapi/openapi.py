@@ -86,7 +86,7 @@ _SCHEMAS: JsonObject = {
         "type": "object",
         "required": ["host", "token", "poll_seconds"],
         "properties": {
-            "host": _ref("HostIdentity"),
+            "host": _nullable(_ref("HostIdentity")),
             "token": _nullable(
                 {
                     "type": "string",
@@ -97,6 +97,41 @@ _SCHEMAS: JsonObject = {
             "poll_seconds": {
                 "type": "number",
                 "description": "The wait to use when asking for a command.",
+            },
+            "discovery": {
+                "type": "object",
+                "description": "Only with discovery on, for MACs no host has (host and token "
+                "are then null): a token good only for sending the inventory.",
+                "required": ["token", "inventory_path", "expires_in"],
+                "properties": {
+                    "token": {"type": "string"},
+                    "inventory_path": {"type": "string", "example": "/v1/discovery/inventory"},
+                    "expires_in": {"type": "number", "description": "Seconds."},
+                },
+            },
+        },
+    },
+    "DiscoveryInventory": {
+        "type": "object",
+        "required": ["inventory"],
+        "properties": {
+            "inventory": {
+                "type": "object",
+                "description": "The agent's inventory (ironic-python-agent's format).",
+            }
+        },
+    },
+    "DiscoveredHost": {
+        "type": "object",
+        "required": ["host", "created"],
+        "properties": {
+            "host": {
+                "type": "object",
+                "properties": {"namespace": {"type": "string"}, "name": {"type": "string"}},
+            },
+            "created": {
+                "type": "boolean",
+                "description": "false: this system's host was already made (a repeat).",
             },
         },
     },
@@ -212,7 +247,27 @@ def openapi_document() -> JsonObject:
                     "responses": {
                         "200": _json(_ref("LookupResponse"), "The host."),
                         "404": _error("No BareMetalHost has any of these MAC addresses."),
-                        "409": _error("The MAC addresses belong to more than one host."),
+                        "409": _error(
+                            "The MAC addresses belong to more than one host; or (discovery) "
+                            "a host already describes this system by its serial or UUID."
+                        ),
+                        **_COMMON_ERRORS,
+                    },
+                }
+            },
+            "/v1/discovery/inventory": {
+                "post": {
+                    "summary": "Discovery only: the inventory of a system no host describes; "
+                    "the operator makes its BareMetalHost.",
+                    "security": [{"agentToken": []}],
+                    "requestBody": _json(_ref("DiscoveryInventory"), "The inventory."),
+                    "responses": {
+                        "201": _json(_ref("DiscoveredHost"), "The host was made."),
+                        "200": _json(_ref("DiscoveredHost"), "Made already (a repeat)."),
+                        "401": _error("Missing or malformed discovery token."),
+                        "403": _error("Unknown, replaced or expired discovery token."),
+                        "404": _error("Discovery is off."),
+                        "409": _error("A host already describes this system."),
                         **_COMMON_ERRORS,
                     },
                 }

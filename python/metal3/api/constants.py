@@ -157,3 +157,91 @@ SECRET_PASSWORD_KEY = "password"
 CONVERSION_DATA_ANNOTATION = "metal3.io/conversion-data"
 SECRET_ENVIRONMENT_LABEL = "environment.metal3.io"
 """Label the operator puts on Secrets it watches (value `baremetal`)."""
+
+# --- Cluster API provider Metal3 (infrastructure.cluster.x-k8s.io/v1beta1) and Cluster API ----
+INFRASTRUCTURE_GROUP = "infrastructure.cluster.x-k8s.io"
+INFRASTRUCTURE_VERSION = "v1beta1"
+INFRASTRUCTURE_API_VERSION = f"{INFRASTRUCTURE_GROUP}/{INFRASTRUCTURE_VERSION}"
+METAL3MACHINE_KIND = "Metal3Machine"
+METAL3MACHINE_PLURAL = "metal3machines"
+METAL3MACHINE_FINALIZER = "metal3machine.infrastructure.cluster.x-k8s.io"
+METAL3_PROVIDER_ID_PREFIX = "metal3://"
+"""Metal3Machine `spec.providerID` is `metal3://NAMESPACE/HOST/NAME`."""
+CLUSTER_API_GROUP = "cluster.x-k8s.io"
+CLUSTER_API_VERSION = "v1beta1"
+MACHINE_KIND = "Machine"
+MACHINE_PLURAL = "machines"
+
+
+class Metal3MachineCondition(StrEnum):
+    """Cluster API condition types a Metal3Machine carries (CAPM3's, plus the summary)."""
+
+    READY = "Ready"
+    ASSOCIATE_BMH = "AssociateBMH"
+
+
+class Metal3MachineReason(StrEnum):
+    """CAPM3's condition reasons used here."""
+
+    WAITING_FOR_BOOTSTRAP_READY = "WaitingForBootstrapReady"
+    ASSOCIATE_BMH_FAILED = "AssociateBMHFailed"
+    DELETING = "Deleting"
+
+
+class MachineAddressType(StrEnum):
+    """Cluster API `MachineAddress.type`."""
+
+    HOSTNAME = "Hostname"
+    EXTERNAL_IP = "ExternalIP"
+    INTERNAL_IP = "InternalIP"
+    EXTERNAL_DNS = "ExternalDNS"
+    INTERNAL_DNS = "InternalDNS"
+
+
+class MachineStatusError(StrEnum):
+    """Cluster API `failureReason` values (capierrors.MachineStatusError)."""
+
+    INVALID_CONFIGURATION = "InvalidConfiguration"
+    UNSUPPORTED_CHANGE = "UnsupportedChange"
+    CREATE = "CreateError"
+    UPDATE = "UpdateError"
+    DELETE = "DeleteError"
+    INSUFFICIENT_RESOURCES = "InsufficientResources"
+
+
+# --- HostClaim and HostDeployPolicy (metal3.io/v1alpha1) -----------------------------------------
+HOSTCLAIM_KIND = "HostClaim"
+HOSTCLAIM_PLURAL = "hostclaims"
+HOSTDEPLOYPOLICY_KIND = "HostDeployPolicy"
+HOSTDEPLOYPOLICY_PLURAL = "hostdeploypolicies"
+HOSTCLAIM_FINALIZER = "metal3.io/hostclaim"
+FAILURE_DOMAIN_LABEL = "infrastructure.cluster.x-k8s.io/failure-domain"
+"""Host label a claim's failureDomain prefers (Cluster API's)."""
+HOSTCLAIM_UID_LABEL = "hostclaim.metal3.io/uid"
+"""On the Secret copies a HostClaim makes in its host's namespace: the claim's uid."""
+HOSTCLAIM_NAMESPACE_ANNOTATION = "hostclaim.metal3.io/namespace"
+HOSTCLAIM_NAME_ANNOTATION = "hostclaim.metal3.io/name"
+"""On the copies too: the claim's namespace and name (annotations: a name may not fit a label)."""
+
+
+class HostClaimCondition(StrEnum):
+    """Condition types of a HostClaim (upstream's)."""
+
+    ASSOCIATED = "Associated"
+    SYNCHRONIZED = "Synchronized"
+
+
+class HostClaimReason(StrEnum):
+    """Condition reasons of a HostClaim (upstream's values)."""
+
+    BAREMETALHOST_ASSOCIATED = "BareMetalHostAssociated"
+    MISSING_BAREMETALHOST = "MissingBareMetalHost"
+    NO_BAREMETALHOST = "NoBareMetalHost"
+    HOST_PAUSED = "HostPaused"
+    HOSTCLAIM_DELETING = "HostClaimDeleting"
+    HOSTCLAIM_DELETION_FAILED = "HostClaimDeletionFailed"
+    CONFIGURATION_SYNCED = "ConfigurationSynced"
+    BAD_USER_DATA_SECRET = "UserDataSecretSyncFailure"
+    BAD_META_DATA_SECRET = "MetaDataSecretSyncFailure"
+    BAD_NETWORK_DATA_SECRET = "NetworkDataSecretSyncFailure"
+    BAREMETALHOST_NOT_SYNCHRONIZED = "BareMetalHostNotSynchronized"

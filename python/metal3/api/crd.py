@@ -21,9 +21,19 @@ from metal3.api.constants import (
     GROUP,
     HARDWAREDATA_KIND,
     HARDWAREDATA_PLURAL,
+    HOSTCLAIM_KIND,
+    HOSTCLAIM_PLURAL,
+    HOSTDEPLOYPOLICY_KIND,
+    HOSTDEPLOYPOLICY_PLURAL,
+    INFRASTRUCTURE_GROUP,
+    INFRASTRUCTURE_VERSION,
+    METAL3MACHINE_KIND,
+    METAL3MACHINE_PLURAL,
     VERSION,
 )
 from metal3.api.hardwaredata import HardwareData
+from metal3.api.hostclaim import HostClaim, HostDeployPolicy
+from metal3.api.metal3machine import Metal3Machine
 from metal3.api.model import FieldSchema, Model, unwrap_optional
 
 JsonSchema = dict[str, Any]
@@ -119,9 +129,12 @@ def _crd(
     schema: JsonSchema,
     columns: list[JsonSchema],
     status_subresource: bool,
+    group: str = GROUP,
+    version_name: str = VERSION,
+    categories: list[str] | None = None,
 ) -> JsonSchema:
     version: JsonSchema = {
-        "name": VERSION,
+        "name": version_name,
         "served": True,
         "storage": True,
         "additionalPrinterColumns": columns,
@@ -129,19 +142,22 @@ def _crd(
     }
     if status_subresource:
         version["subresources"] = {"status": {}}
+    names: JsonSchema = {
+        "kind": kind,
+        "listKind": f"{kind}List",
+        "plural": plural,
+        "singular": singular,
+        "shortNames": short_names,
+    }
+    if categories:
+        names["categories"] = categories
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.{GROUP}"},
+        "metadata": {"name": f"{plural}.{group}"},
         "spec": {
-            "group": GROUP,
-            "names": {
-                "kind": kind,
-                "listKind": f"{kind}List",
-                "plural": plural,
-                "singular": singular,
-                "shortNames": short_names,
-            },
+            "group": group,
+            "names": names,
             "scope": "Namespaced",
             "versions": [version],
         },
@@ -192,11 +208,88 @@ def hardwaredata_crd() -> JsonSchema:
     )
 
 
+def metal3machine_crd() -> JsonSchema:
+    return _crd(
+        kind=METAL3MACHINE_KIND,
+        plural=METAL3MACHINE_PLURAL,
+        singular="metal3machine",
+        short_names=["m3m", "m3machine", "m3machines", "metal3m", "metal3machine"],
+        schema=openapi_schema(
+            Metal3Machine, "Metal3Machine is Cluster API's bare-metal machine (CAPM3's API)."
+        ),
+        columns=[
+            _printer_column(
+                "Age", ".metadata.creationTimestamp", "Time since creation", type_="date"
+            ),
+            _printer_column("ProviderID", ".spec.providerID", "Provider ID"),
+            _printer_column("Ready", ".status.ready", "Whether the machine is ready"),
+            _printer_column(
+                "Cluster",
+                ".metadata.labels.cluster\\.x-k8s\\.io/cluster-name",
+                "Cluster the machine belongs to",
+            ),
+            _printer_column("Phase", ".status.phase", "CAPM3's phase (not set here)"),
+        ],
+        status_subresource=True,
+        group=INFRASTRUCTURE_GROUP,
+        version_name=INFRASTRUCTURE_VERSION,
+        categories=["cluster-api"],
+    )
+
+
+def hostclaim_crd() -> JsonSchema:
+    return _crd(
+        kind=HOSTCLAIM_KIND,
+        plural=HOSTCLAIM_PLURAL,
+        singular="hostclaim",
+        short_names=["hc"],
+        schema=openapi_schema(
+            HostClaim, "HostClaim asks for a BareMetalHost by label selector, with its workload."
+        ),
+        columns=[
+            _printer_column("Host", ".status.bareMetalHost.name", "The bound BareMetalHost"),
+            _printer_column(
+                "Host Namespace",
+                ".status.bareMetalHost.namespace",
+                "Namespace of the bound BareMetalHost",
+                priority=1,
+            ),
+            _printer_column("State", ".status.provisioningState", "The host's provisioning state"),
+            _printer_column(
+                "Age", ".metadata.creationTimestamp", "Time since creation", type_="date"
+            ),
+        ],
+        status_subresource=True,
+    )
+
+
+def hostdeploypolicy_crd() -> JsonSchema:
+    return _crd(
+        kind=HOSTDEPLOYPOLICY_KIND,
+        plural=HOSTDEPLOYPOLICY_PLURAL,
+        singular="hostdeploypolicy",
+        short_names=["hdp"],
+        schema=openapi_schema(
+            HostDeployPolicy,
+            "HostDeployPolicy says which namespaces' HostClaims may bind this namespace's hosts.",
+        ),
+        columns=[
+            _printer_column(
+                "Age", ".metadata.creationTimestamp", "Time since creation", type_="date"
+            ),
+        ],
+        status_subresource=True,
+    )
+
+
 def all_crds() -> dict[str, JsonSchema]:
     """File name in ``crds/`` -> CRD object."""
     return {
         f"{GROUP}_{BAREMETALHOST_PLURAL}.yaml": baremetalhost_crd(),
         f"{GROUP}_{HARDWAREDATA_PLURAL}.yaml": hardwaredata_crd(),
+        f"{GROUP}_{HOSTCLAIM_PLURAL}.yaml": hostclaim_crd(),
+        f"{GROUP}_{HOSTDEPLOYPOLICY_PLURAL}.yaml": hostdeploypolicy_crd(),
+        f"{INFRASTRUCTURE_GROUP}_{METAL3MACHINE_PLURAL}.yaml": metal3machine_crd(),
     }
 
 

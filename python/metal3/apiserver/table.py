@@ -29,7 +29,7 @@ _AGE_COLUMN = {
     "priority": 0,
 }
 _TOKEN = re.compile(
-    r"\.?([A-Za-z0-9_\-]+)|\[(\d+)\]|\[\?\(@\.([A-Za-z0-9_.\-]+)\s*==\s*[\"']([^\"']*)[\"']\)\]|\[\*\]"
+    r"\.?((?:[A-Za-z0-9_\-/]|\\\.)+)|\[(\d+)\]|\[\?\(@\.([A-Za-z0-9_.\-]+)\s*==\s*[\"']([^\"']*)[\"']\)\]|\[\*\]"
 )
 
 
@@ -44,8 +44,8 @@ def _column(name: str, kind: str, description: str = "", priority: int = 0) -> d
 
 
 def json_path(obj: Any, path: str) -> Any:
-    """The subset of kubectl JSONPath printer columns use: `.a.b`, `[0]`, `[*]`,
-    `[?(@.type=="Ready")]`; returns None when nothing matches."""
+    """The subset of kubectl JSONPath printer columns use: `.a.b` (`\\.` escapes a dot in
+    a key), `[0]`, `[*]`, `[?(@.type=="Ready")]`; returns None when nothing matches."""
     path = path.strip()
     if path.startswith("{") and path.endswith("}"):
         path = path[1:-1]
@@ -57,6 +57,8 @@ def json_path(obj: Any, path: str) -> Any:
             return None
         position = match.end()
         field, index, filter_key, filter_value = match.groups()
+        if field is not None:
+            field = field.replace("\\.", ".")  # `labels.cluster\.x-k8s\.io/name`: one key
         following: list[Any] = []
         for node in nodes:
             if field is not None and isinstance(node, dict) and field in node:

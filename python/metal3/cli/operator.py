@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from metal3.agentapi.ratelimit import RateLimit
     from metal3.agentapi.server import AgentApiOptions
+    from metal3.discovery.service import DiscoveryOptions
     from metal3.operator import OperatorOptions
     from metal3.provisioner.direct.lab import LabConfig
     from metal3.provisioner.direct.settings import DirectSettings
@@ -118,6 +119,32 @@ def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
         default=40,
         help="agent API requests per client address at once (default: 40)",
     )
+    parser.add_argument(
+        "--discovery",
+        action="store_true",
+        help="discover unknown hosts: an agent whose lookup matches no host sends its "
+        "inventory and becomes a BareMetalHost (no credentials, operationalStatus "
+        "discovered); needs the agent API (--agent-listen or --lab)",
+    )
+    parser.add_argument(
+        "--discovery-namespace",
+        metavar="NAMESPACE",
+        help="where discovered hosts are created (default: --namespace, else default)",
+    )
+    parser.add_argument(
+        "--discovery-per-minute",
+        type=int,
+        default=10,
+        metavar="N",
+        help="new systems discovery admits per minute, at most; lookups of more get 429 "
+        "with Retry-After (default: 10)",
+    )
+    parser.add_argument(
+        "--discovery-configmap",
+        metavar="NAMESPACE/NAME",
+        help="discovery's settings from this ConfigMap, watched (data keys enabled: "
+        "true|false, namespace, perMinute), over the --discovery* options; needs the agent API",
+    )
 
 
 def direct_settings(args: argparse.Namespace, lab: LabConfig | None = None) -> DirectSettings:
@@ -173,6 +200,34 @@ def lab_agent_api(lab: LabConfig, args: argparse.Namespace) -> AgentApiOptions:
     )
 
 
+def discovery_options(args: argparse.Namespace) -> DiscoveryOptions | None:
+    """Discovery's options from `--discovery*` (None: off); raises ValueError when they do
+    not fit."""
+    from metal3.discovery.configmap import parse_reference
+    from metal3.discovery.service import DiscoveryOptions
+
+    if args.discovery_configmap is not None:
+        parse_reference(args.discovery_configmap)
+        if args.agent_listen is None and args.lab is None:
+            raise ValueError(
+                "--discovery-configmap needs the agent API: give --agent-listen (or --lab)"
+            )
+    if not args.discovery:
+        if args.discovery_namespace is not None:
+            raise ValueError("--discovery-namespace needs --discovery")
+        return None
+    if args.agent_listen is None and args.lab is None:
+        raise ValueError("--discovery needs the agent API: give --agent-listen (or --lab)")
+    if args.discovery_per_minute < 1:
+        raise ValueError("--discovery-per-minute must be at least 1")
+    namespace = args.discovery_namespace or args.namespace or "default"
+    if args.namespace is not None and namespace != args.namespace:
+        raise ValueError(
+            f"--discovery-namespace {namespace} is not watched (--namespace {args.namespace})"
+        )
+    return DiscoveryOptions(namespace=namespace, hosts_per_minute=args.discovery_per_minute)
+
+
 def options_from(
     args: argparse.Namespace, lab: LabConfig | None = None, **extra: Any
 ) -> OperatorOptions:
@@ -191,6 +246,8 @@ def options_from(
         grace_period=args.grace_period,
         settings=settings,
         direct=direct_settings(args, lab),
+        discovery=discovery_options(args),
+        discovery_configmap=args.discovery_configmap,
         **extra,
     )
 

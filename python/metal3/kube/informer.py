@@ -50,6 +50,13 @@ class Store:
 
     def __init__(self) -> None:
         self._items: dict[ObjectKey, JsonObject] = {}
+        self._listeners: list[Callable[[JsonObject], None]] = []
+
+    def add_listener(self, listener: Callable[[JsonObject], None]) -> None:
+        """Call ``listener`` with every object stored, whoever stores it: the informer, or a
+        reconciler caching its own write (whose watch event then changes nothing and reaches
+        no informer handler). For watchers of objects another controller writes."""
+        self._listeners.append(listener)
 
     def get(self, namespace: str, name: str) -> JsonObject | None:
         return self._items.get((namespace, name))
@@ -69,6 +76,11 @@ class Store:
         if current is not None and not newer(_version(obj), _version(current)):
             return False
         self._items[key] = obj
+        for listener in self._listeners:
+            try:
+                listener(obj)
+            except Exception:
+                log.exception("store listener failed")
         return True
 
     def remove(self, key: ObjectKey) -> JsonObject | None:

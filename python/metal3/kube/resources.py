@@ -49,6 +49,28 @@ HARDWAREDATA = Resource(
     constants.HARDWAREDATA_KIND,
 )
 SECRETS = Resource("", "v1", "secrets", "Secret")
+CONFIGMAPS = Resource("", "v1", "configmaps", "ConfigMap")
 EVENTS = Resource("", "v1", "events", "Event")
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
 NAMESPACES = Resource("", "v1", "namespaces", "Namespace", namespaced=False)
+HOSTCLAIMS = Resource(
+    constants.GROUP, constants.VERSION, constants.HOSTCLAIM_PLURAL, constants.HOSTCLAIM_KIND
+)
+HOSTDEPLOYPOLICIES = Resource(
+    constants.GROUP,
+    constants.VERSION,
+    constants.HOSTDEPLOYPOLICY_PLURAL,
+    constants.HOSTDEPLOYPOLICY_KIND,
+)
+METAL3MACHINES = Resource(
+    constants.INFRASTRUCTURE_GROUP,
+    constants.INFRASTRUCTURE_VERSION,
+    constants.METAL3MACHINE_PLURAL,
+    constants.METAL3MACHINE_KIND,
+)
+MACHINES = Resource(
+    constants.CLUSTER_API_GROUP,
+    constants.CLUSTER_API_VERSION,
+    constants.MACHINE_PLURAL,
+    constants.MACHINE_KIND,
+)

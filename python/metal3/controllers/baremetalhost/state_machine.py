@@ -11,6 +11,11 @@ Transitions follow upstream Metal3:
                                     └──> externally provisioned     │  v           v
                                                        deprovisioning <── provisioned
 
+("BMC": both spec.bmc.address and spec.bmc.credentialsName; a host missing either stays
+unmanaged with operationalStatus discovered. Registering skips inspecting when inspection is
+disabled or status.hardware is already known, e.g. from discovery: upstream's
+NeedsHardwareInspection.)
+
 and deletion from anywhere: provisioned hosts deprovision first, registered hosts are powered
 off, then the provisioner forgets them and the finalizer is removed.
 
@@ -163,6 +168,24 @@ def host_annotations(host: BareMetalHost) -> dict[str, str]:
 
 def has_bmc(host: BareMetalHost) -> bool:
     return bool(host.spec and host.spec.bmc and host.spec.bmc.address)
+
+
+def has_bmc_details(host: BareMetalHost) -> bool:
+    """Both the BMC address and the credentials Secret's name are set: enough to register.
+
+    Upstream's meaning of a discovered host (baremetal-operator docs/baremetalhost-states.md,
+    OperationalStatusDiscovered): one missing either, e.g. the address a discovered host's
+    agent reported, with no credentials yet, stays unmanaged until both are given.
+    """
+    bmc = host.spec.bmc if host.spec else None
+    return bool(bmc and bmc.address and bmc.credentials_name)
+
+
+def needs_hardware_inspection(host: BareMetalHost) -> bool:
+    """Upstream's NeedsHardwareInspection: no hardware details yet (a discovered host brings
+    them from its agent's inventory), and none asked for by the inspect annotation."""
+    status = host.status
+    return status is None or status.hardware is None or inspection_requested(host)
 
 
 def inspection_disabled(host: BareMetalHost) -> bool:
@@ -534,7 +557,7 @@ class HostStateMachine:
     # --- handlers ----------------------------------------------------------------------
 
     async def _handle_none(self) -> Outcome:
-        if has_bmc(self.host):
+        if has_bmc_details(self.host):
             self.next_state = S.REGISTERING
         else:
             self.ctx.event("Discovered", "discovered host with no BMC details")
@@ -544,7 +567,7 @@ class HostStateMachine:
         return COMPLETE
 
     async def _handle_unmanaged(self) -> Outcome:
-        if has_bmc(self.host):
+        if has_bmc_details(self.host):
             if self.status.operational_status == OperationalStatus.DISCOVERED.value:
                 self.status.operational_status = OperationalStatus.OK.value
             self.next_state = S.REGISTERING
@@ -556,7 +579,7 @@ class HostStateMachine:
         spec = self.host.spec
         if spec and spec.externally_provisioned:
             self.next_state = S.EXTERNALLY_PROVISIONED
-        elif inspection_disabled(self.host):
+        elif inspection_disabled(self.host) or not needs_hardware_inspection(self.host):
             self.next_state = S.PREPARING
         else:
             self.next_state = S.INSPECTING

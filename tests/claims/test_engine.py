@@ -20,7 +20,7 @@ import pytest
 
 from claims.claimkit import IMAGE, eventually, make_namespace, put_host, set_host_status
 from metal3.claims.engine import NO_BAREMETALHOST, ClaimEngine, Consumer, HostRequest
-from metal3.kube.client import KubeClient
+from metal3.kube.client import ApiError, KubeClient
 from metal3.kube.informer import Informer
 from metal3.kube.resources import BAREMETALHOSTS
 
@@ -280,3 +280,112 @@ async def test_update_host_retries_a_conflict_and_removes_fields(
         assert "image" not in host["spec"] and host["spec"]["online"] is True
         assert host["spec"]["consumerRef"]["uid"] == c.uid
         assert host["status"]["poweredOn"] is True  # the other writer's change is kept
+
+
+def lose_answer_of_first_claim(engine: ClaimEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine's next consumerRef write is applied by the server but answered 504 (as a
+    kube-apiserver answers a write that timed out on its way to storage, and may still apply)."""
+    replace = engine.client.replace
+    lost: list[bool] = []
+
+    async def replace_then_lose(resource: Any, obj: Any, **kw: Any) -> Any:
+        written = await replace(resource, obj, **kw)
+        if not lost and resource is BAREMETALHOSTS and obj["spec"].get("consumerRef"):
+            lost.append(True)
+            raise ApiError(504, "Timeout", "request did not complete within requested timeout")
+        return written
+
+    monkeypatch.setattr(engine.client, "replace", replace_then_lose)
+
+
+async def lag_cache(engine: ClaimEngine, before: dict[str, Any], what: str) -> None:
+    """Let the watch bring the host's newer version, then put ``before`` back: a cache that
+    has not seen the write yet."""
+    namespace, name = before["metadata"]["namespace"], before["metadata"]["name"]
+    await eventually(
+        lambda: cached(engine, namespace, name),
+        lambda h: h["metadata"]["resourceVersion"] != before["metadata"]["resourceVersion"],
+        timeout=10, what=what,
+    )  # fmt: skip
+    engine.hosts.store.remove((namespace, name))
+    engine.hosts.store.put(before)
+
+
+async def test_a_lost_claim_answer_never_gives_the_consumer_a_second_host(
+    kubeconfig: Path, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server applied the claim of host b but its answer was an error: asked again (the
+    cache still showing b free, and a host a sorting first added meanwhile), the engine finds
+    b is its host instead of claiming a too."""
+    async with await KubeClient.connect(str(kubeconfig)) as client:
+        await make_namespace(client, namespace)
+        await put_host(client, namespace, "b")
+        async with engine_on(kubeconfig, namespace) as engine:
+            c = consumer(namespace, "claim")
+            before = engine.host(namespace, "b")
+            assert before is not None
+            lose_answer_of_first_claim(engine, monkeypatch)
+            with pytest.raises(ApiError):
+                await engine.bind(request(c))
+            await lag_cache(engine, before, "the watch to show b claimed")
+            await put_host(client, namespace, "a")
+            await eventually(
+                lambda: cached(engine, namespace, "a"), lambda h: h is not None,
+                timeout=10, what="the cache to see host a",
+            )  # fmt: skip
+            binding = await engine.bind(request(c))
+            assert binding.host is not None and binding.host["metadata"]["name"] == "b"
+            # Host a stayed free for another consumer.
+            other = await engine.bind(request(consumer(namespace, "other")))
+            assert other.host is not None and other.host["metadata"]["name"] == "a"
+        consumed = await consumers_of_hosts(client, namespace)
+        assert {h: r["name"] for h, r in consumed.items()} == {"b": "claim", "a": "other"}
+
+
+async def test_a_release_after_a_lost_claim_answer_frees_the_host(
+    kubeconfig: Path, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The consumer goes away right after a claim write whose answer was lost (the cache not
+    showing it yet): the release still finds the host and frees it, instead of leaving it
+    consumed by a consumer that no longer exists."""
+    async with await KubeClient.connect(str(kubeconfig)) as client:
+        await make_namespace(client, namespace)
+        await put_host(client, namespace, "a")
+        async with engine_on(kubeconfig, namespace) as engine:
+            c = consumer(namespace, "claim")
+            before = engine.host(namespace, "a")
+            assert before is not None
+            lose_answer_of_first_claim(engine, monkeypatch)
+            with pytest.raises(ApiError):
+                await engine.bind(request(c, host_fields={"image": IMAGE, "online": True}))
+            await lag_cache(engine, before, "the watch to show a claimed")
+            assert engine.bound_host(c) is None  # the cache does not show it
+            assert await engine.release(c) is True
+        host = await client.get(BAREMETALHOSTS, namespace, "a")
+        assert "consumerRef" not in host["spec"] and "image" not in host["spec"]
+
+
+async def test_a_failed_claim_write_leaves_the_host_to_others(
+    kubeconfig: Path, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim write that fails before reaching the server (the connection refused) raises to
+    the caller, and the host is not left marked as being claimed by this process: the next
+    consumer binds it at once."""
+    async with await KubeClient.connect(str(kubeconfig)) as client:
+        await make_namespace(client, namespace)
+        await put_host(client, namespace, "a")
+        async with engine_on(kubeconfig, namespace) as engine:
+            replace = engine.client.replace
+
+            async def refused(resource: Any, obj: Any, **kw: Any) -> Any:
+                raise ConnectionRefusedError("API server not reachable")
+
+            monkeypatch.setattr(engine.client, "replace", refused)
+            with pytest.raises(ConnectionRefusedError):
+                await engine.bind(request(consumer(namespace, "first")))
+            monkeypatch.setattr(engine.client, "replace", replace)
+            # (were it still marked, the bind would wait for that claim, then give up: None)
+            second = await engine.bind(request(consumer(namespace, "second")))
+            assert second.host is not None and second.host["metadata"]["name"] == "a"
+        consumed = await consumers_of_hosts(client, namespace)
+        assert {h: r["name"] for h, r in consumed.items()} == {"a": "second"}

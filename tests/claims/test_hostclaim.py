@@ -320,3 +320,157 @@ async def test_a_claim_whose_host_is_deleted_says_so_and_is_not_rebound(
                 lambda: claim_of(client, namespace, "c"), lambda c: c is None,
                 timeout=TIMEOUT, what="the claim to go",
             )  # fmt: skip
+
+
+async def test_deleting_a_claim_removes_its_copy_the_cache_has_not_seen(
+    kubeconfig: Path, namespace: str
+) -> None:
+    """The copy in the hosts' namespace (no owner reference can collect it there) is deleted
+    with its claim even when the operator's Secret cache does not show it (a watch lagging
+    behind the copy's creation)."""
+    infra, tenant = f"{namespace}-infra", f"{namespace}-tenant"
+    async with await KubeClient.connect(str(kubeconfig)) as client:
+        await make_namespace(client, infra)
+        await make_namespace(client, tenant)
+        await add_host(client, infra, "h1", {"pool": "p"})
+        await client.create(HOSTDEPLOYPOLICIES, policy(infra, names=[tenant]))
+        await create_secret(client, "ud", tenant, userData="#cloud-config\n")
+        async with running_operator(kubeconfig, FixtureWorld(), settings=FAST) as operator:
+            await wait_available(client, infra, ["h1"])
+            claim = hostclaim("c", tenant, {"matchLabels": {"pool": "p"}}, powered_on=False,
+                              image=IMAGE, user_data="ud")  # fmt: skip
+            await client.create(HOSTCLAIMS, claim)
+            synced = await eventually(
+                lambda: claim_of(client, tenant, "c"),
+                lambda c: condition_is(c, "Synchronized", "True", "ConfigurationSynced"),
+                timeout=TIMEOUT, what="the claim synchronized",
+            )  # fmt: skip
+            copy = copy_name(synced["metadata"]["uid"], "userdata")
+            assert await get_or_none(client, SECRETS, infra, copy) is not None
+            reconciler = operator.hostclaims
+            assert reconciler is not None
+            store = reconciler.secrets.store
+
+            async def cached_copy() -> Any:
+                return store.get(infra, copy)
+
+            await eventually(cached_copy, lambda s: s is not None, timeout=TIMEOUT,
+                             what="the cache to see the copy")  # fmt: skip
+            store.remove((infra, copy))
+            await client.delete(HOSTCLAIMS, tenant, "c")
+            await eventually(
+                lambda: claim_of(client, tenant, "c"), lambda c: c is None,
+                timeout=TIMEOUT, what="the claim to go",
+            )  # fmt: skip
+            host = await client.get(BAREMETALHOSTS, infra, "h1")
+            assert "consumerRef" not in host["spec"]
+            assert await get_or_none(client, SECRETS, infra, copy) is None
+
+
+async def test_a_secret_already_named_like_the_copy_is_never_taken_over(
+    kubeconfig: Path, namespace: str
+) -> None:
+    """A Secret of the hosts' namespace that happens to bear the copy's name (not labelled as
+    this claim's copy) is neither overwritten with the tenant's data, nor given to the host
+    as its user data, nor deleted with the claim; the claim says why it is not synchronized."""
+    infra, tenant = f"{namespace}-infra", f"{namespace}-tenant"
+    async with await KubeClient.connect(str(kubeconfig)) as client:
+        await make_namespace(client, infra)
+        await make_namespace(client, tenant)
+        await add_host(client, infra, "h1", {"pool": "p"})
+        await client.create(HOSTDEPLOYPOLICIES, policy(infra, names=[tenant]))
+        await create_secret(client, "ud", tenant, userData="#cloud-config\n")
+        async with running_operator(kubeconfig, FixtureWorld(), settings=FAST):
+            await wait_available(client, infra, ["h1"])
+            selector = {"matchLabels": {"pool": "p"}}
+            await client.create(HOSTCLAIMS, hostclaim("c", tenant, selector, powered_on=False))
+            bound = await wait_bound(client, tenant, "c")
+            name = copy_name(bound["metadata"]["uid"], "userdata")
+            await create_secret(client, name, infra, userData=BMC_PASSWORD)
+            theirs = await client.get(SECRETS, infra, name)
+            claim = await client.get(HOSTCLAIMS, tenant, "c")
+            claim["spec"]["userData"] = {"name": "ud"}
+            await client.replace(HOSTCLAIMS, claim)
+            refused = await eventually(
+                lambda: claim_of(client, tenant, "c"),
+                lambda c: condition_is(c, "Synchronized", "False", "UserDataSecretSyncFailure"),
+                timeout=TIMEOUT, what="the claim to refuse the taken name",
+            )  # fmt: skip
+            assert "exists and is not this claim's copy" in str(condition(refused, "Synchronized"))
+            assert not leaks(refused)
+            host = await client.get(BAREMETALHOSTS, infra, "h1")
+            assert "userData" not in host["spec"]
+            await client.delete(HOSTCLAIMS, tenant, "c")
+            await eventually(
+                lambda: claim_of(client, tenant, "c"), lambda c: c is None,
+                timeout=TIMEOUT, what="the claim to go",
+            )  # fmt: skip
+            after = await client.get(SECRETS, infra, name)
+            assert after["data"] == theirs["data"]
+            assert after["metadata"]["resourceVersion"] == theirs["metadata"]["resourceVersion"]
+
+
+async def test_a_claim_deleted_while_its_host_provisions_is_held_until_deprovisioned(
+    kubeconfig: Path, namespace: str
+) -> None:
+    """The host is still provisioning (waiting for user data its Secret lacks) when the claim
+    is deleted: the claim stays, its host still naming it, until the host is deprovisioned
+    and available again; then the host is free and the claim gone."""
+    world = FixtureWorld()
+    async with await KubeClient.connect(str(kubeconfig)) as client:
+        await make_namespace(client, namespace)
+        await add_host(client, namespace, "h1", {"pool": "p"})
+        await create_secret(client, "ud", namespace, other="no userData key")
+        async with running_operator(kubeconfig, world, settings=FAST):
+            await wait_available(client, namespace, ["h1"])
+            await client.create(
+                HOSTCLAIMS,
+                hostclaim("c", namespace, {"matchLabels": {"pool": "p"}}, image=IMAGE,
+                          user_data="ud"),
+            )  # fmt: skip
+            await eventually(
+                lambda: client.get(BAREMETALHOSTS, namespace, "h1"),
+                lambda h: h["status"]["provisioning"]["state"] == "provisioning"
+                and h["status"].get("errorType") == "provisioning error",
+                timeout=TIMEOUT, what="h1 waiting in provisioning for its user data",
+            )  # fmt: skip
+            before = await client.get(BAREMETALHOSTS, namespace, "h1")
+            uid = before["metadata"]["uid"]
+            seen: list[tuple[str, str | None]] = []  # every version: state, consumer
+
+            async def record() -> None:
+                async for event in client.watch(
+                    BAREMETALHOSTS, namespace,
+                    resource_version=before["metadata"]["resourceVersion"],
+                ):  # fmt: skip
+                    obj = event.object
+                    if event.type == "MODIFIED" and obj["metadata"]["name"] == "h1":
+                        ref = obj["spec"].get("consumerRef") or {}
+                        seen.append((obj["status"]["provisioning"]["state"], ref.get("name")))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(record)
+                await client.delete(HOSTCLAIMS, namespace, "c")
+                await eventually(
+                    lambda: claim_of(client, namespace, "c"), lambda c: c is None,
+                    timeout=TIMEOUT, what="the claim to go",
+                )  # fmt: skip
+
+                async def watched() -> list[tuple[str, str | None]]:
+                    return seen
+
+                await eventually(
+                    watched, lambda v: bool(v) and v[-1][1] is None,
+                    timeout=TIMEOUT, what="the watch to show h1 freed",
+                )  # fmt: skip
+                tg.cancel_scope.cancel()
+            states = [state for state, _ in seen]
+            assert "deprovisioning" in states, seen
+            # The host named the claim until it was deprovisioned and available again.
+            freed = next(i for i, (_, consumer) in enumerate(seen) if consumer is None)
+            assert all(consumer == "c" for _, consumer in seen[:freed]), seen
+            assert seen[freed][0] == "available" and "deprovisioning" in states[:freed], seen
+            host = await client.get(BAREMETALHOSTS, namespace, "h1")
+            assert host["status"]["provisioning"]["state"] == "available"
+            assert "consumerRef" not in host["spec"] and "image" not in host["spec"]
+            assert world.count(uid, "provision") == 0  # nothing was written to its disk

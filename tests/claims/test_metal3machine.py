@@ -343,6 +343,7 @@ async def test_no_matching_host_then_one_is_added(kubeconfig: Path, namespace: s
         )  # fmt: skip
         associate = condition(m3m, "AssociateBMH")
         assert associate["reason"] == "AssociateBMHFailed"
+        assert associate["severity"] == "Error"  # as CAPM3 sets it
         assert associate["message"].startswith("NoBareMetalHost: no available BareMetalHost")
         assert condition(m3m, "Ready")["status"] == "False"
         assert m3m is not None and m3m["status"]["ready"] is False

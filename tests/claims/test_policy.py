@@ -28,6 +28,13 @@ def test_names() -> None:
     assert not allows(p, "team-c", {})
 
 
+def test_an_empty_names_list_allows_no_namespace_as_upstream() -> None:
+    """Upstream checks ``Names != nil``: a present but empty list is a constraint nobody meets
+    (a policy an owner emptied must not open the hosts to everyone)."""
+    assert not allows(policy(names=[]), "anyone", {})
+    assert not allows(policy(names=[], nameMatches=".*"), "anyone", {})
+
+
 def test_name_matches_is_a_search_as_upstream_documents() -> None:
     assert allows(policy(nameMatches="prod"), "not-prod", {})
     assert not allows(policy(nameMatches="^prod$"), "not-prod", {})

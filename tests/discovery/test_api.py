@@ -252,3 +252,27 @@ async def test_past_the_cap_lookups_get_429_with_retry_after(
         assert 1 <= refused.retry_after <= 60
         found = await s.call(lambda: agent.lookup(macs(8, 0)))  # admitted already: no cap
         assert found.discovery_token
+
+
+async def test_an_inventory_too_large_for_a_host_is_a_clear_400(
+    kubeconfig: Path, namespace: str, tmp_path: Path
+) -> None:
+    """More interfaces than a lookup may list, or a hardware description the host's status
+    annotation could not hold (the API server caps annotations at 256 KiB), is refused as bad
+    input, not passed on to fail at the API server (which the agent would retry for ever)."""
+    async with serving(kubeconfig, namespace, tmp_path) as s:
+        agent = s.agent()
+        nics = macs(11, 0)
+        found = await s.call(lambda: agent.lookup(nics, serial_number="SN-11"))
+        token = found.discovery_token or ""
+        many = inventory(nics + [f"02:cc:00:00:{n >> 8:02x}:{n & 0xFF:02x}" for n in range(300)])
+        big = inventory(nics, serial="SN-11")
+        disk = big["disks"][0]
+        big["disks"] = [{**disk, "name": f"/dev/sd{n}", "serial": "S" * 100} for n in range(2000)]
+        for doc, text in [(many, "at most 256 are taken"), (big, "bytes of JSON; at most")]:
+            refused = await s.refused(lambda d=doc: agent.send_inventory(token, d))  # type: ignore[misc]
+            assert refused.status == 400 and text in refused.message, refused
+        assert await hosts(s) == []
+        # Within the limits, the same system is taken.
+        answer = await s.call(lambda: agent.send_inventory(token, inventory(nics, serial="SN-11")))
+        assert answer["created"] is True

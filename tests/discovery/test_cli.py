@@ -48,6 +48,8 @@ def test_options_and_their_refusals() -> None:
         (["--discovery", "--agent-listen", ":1", "--discovery-per-minute", "0"], "at least 1"),
         (["--discovery", "--agent-listen", ":1", "--namespace", "a",
           "--discovery-namespace", "b"], "is not watched"),
+        (["--discovery", "--agent-listen", ":1", "--discovery-namespace", "Racks/A"],
+         "is not a namespace name"),
     ]:  # fmt: skip
         with pytest.raises(ValueError, match=message):
             operator_cli.discovery_options(parse(operator_cli.configure, *argv))

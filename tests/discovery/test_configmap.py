@@ -38,6 +38,8 @@ def test_settings_over_the_flags() -> None:
         ({"perMinute": "0"}, "perMinute must be"),
         ({"perMinute": "many"}, "perMinute must be"),
         ({"namespace": ""}, "namespace must be"),
+        ({"namespace": "Racks_2"}, "is not a namespace name"),
+        ({"namespace": "x" * 64}, "is not a namespace name"),
     ]:
         with pytest.raises(ValueError, match=message):
             settings_from(data, FLAGS)

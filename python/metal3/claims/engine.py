@@ -232,16 +232,21 @@ class ClaimEngine:
         self._remember(fresh)
         return self.host(*key)
 
+    async def _settle(self, consumer: Consumer) -> None:
+        """Read again the host of a claim write whose answer was lost (did it succeed?), so
+        that neither a bind nor a release decides on a cache that may not show it yet."""
+        uncertain = self._uncertain.get(consumer)
+        if uncertain is not None:
+            await self._refresh(uncertain)
+            del self._uncertain[consumer]  # known now (a failed read raised: asked again later)
+
     # --- binding -------------------------------------------------------------------------
 
     async def bind(self, request: HostRequest) -> Binding:
         """The consumer's host: the one already bound, else a newly claimed one, else a
         Binding with no host and the reason. Safe to call again at any time."""
         consumer = request.consumer
-        uncertain = self._uncertain.get(consumer)
-        if uncertain is not None:
-            await self._refresh(uncertain)  # did the write whose answer we lost succeed?
-            del self._uncertain[consumer]  # known now (a failed read raised: asked again later)
+        await self._settle(consumer)
         host = self.bound_host(consumer)
         if host is not None:
             return Binding(host, None, _bound_message(host))
@@ -284,6 +289,9 @@ class ClaimEngine:
                 self._count_conflict(consumer, key)
                 await self._refresh(key)
                 return None
+            # Another error answer (a 500 or 504 from a timed-out write among them) does not
+            # say the write was not applied.
+            self._uncertain[consumer] = key
             raise
         except BaseException:
             self._uncertain[consumer] = key  # the server may have applied it
@@ -352,6 +360,7 @@ class ClaimEngine:
         (the host's events tell when)."""
         clear: dict[str, Any] = dict.fromkeys(WORKLOAD_FIELDS)
         clear["online"] = False
+        await self._settle(consumer)  # a claim write with a lost answer may have bound a host
         host = await self.update_host(consumer, clear)
         if host is None:
             return True

@@ -468,6 +468,25 @@ class HostClaimReconciler:
                 if not exc.not_found:
                     raise
 
+    async def _drop_all_copies(
+        self, claim: JsonObject, consumer: Consumer, bound: JsonObject | None
+    ) -> None:
+        """Delete every copy of a claim that goes, listed from the API server too (in the
+        namespaces of its host): the cache may not show a copy made just before (copies in
+        another namespace than the claim's have no owner reference to collect them)."""
+        namespaces = {object_key(s)[0] for s in self._copies(consumer)}
+        recorded = ((claim.get("status") or {}).get("bareMetalHost") or {}).get("namespace")
+        namespaces.update(ns for ns in (recorded, bound and object_key(bound)[0]) if ns)
+        selector = f"{HOSTCLAIM_UID_LABEL}={consumer.uid}"
+        for namespace in sorted(namespaces):
+            items, _ = await self.client.list(SECRETS, namespace, label_selector=selector)
+            for secret in items:
+                try:
+                    await self.client.delete(SECRETS, *object_key(secret))
+                except ApiError as exc:
+                    if not exc.not_found:
+                        raise
+
     # --- deleting ------------------------------------------------------------------------
 
     async def _delete(self, claim: JsonObject) -> Result:
@@ -476,6 +495,7 @@ class HostClaimReconciler:
             return Result()
         self._waiting.discard(object_key(claim))
         consumer = consumer_of(claim)
+        bound = self.engine.bound_host(consumer)  # where its copies are, before it is freed
         if not await self.engine.release(consumer):
             status = copy.deepcopy(claim.get("status") or {})
             when = now_rfc3339()
@@ -493,7 +513,7 @@ class HostClaimReconciler:
             )
             await self._write_status(claim, status, when)
             return Result(requeue_after=RELEASE_RECHECK)
-        await self._drop_copies(consumer, keep=set())
+        await self._drop_all_copies(claim, consumer, bound)
         await self._set_finalizers(claim, [f for f in finalizers if f != HOSTCLAIM_FINALIZER])
         log.info("HostClaim %s/%s: host released, finalizer removed", *object_key(claim))
         return Result()

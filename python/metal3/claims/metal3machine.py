@@ -360,7 +360,7 @@ class Metal3MachineReconciler:
             False,
             Metal3MachineReason.ASSOCIATE_BMH_FAILED,
             message,
-            severity="Warning",
+            severity="Error",  # CAPM3's severity for AssociateBMHFailed
         )
         status["ready"] = False
         self._summarise(status, ready=False)

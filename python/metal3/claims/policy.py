@@ -3,7 +3,8 @@
 The hosts' owner puts a HostDeployPolicy next to the hosts; its ``spec.hostClaimNamespaces``
 says which claim namespaces it opens them to (upstream's fields):
 
-* ``names``: the claim's namespace is one of these;
+* ``names``: the claim's namespace is one of these (``names: []``: none is, as upstream
+  evaluates a present but empty list);
 * ``nameMatches``: a regular expression found in the claim's namespace name (not anchored, as
   upstream documents: ``prod`` matches ``not-prod``; write ``^prod$`` for one name);
 * ``hasLabels``: the claim's *namespace* carries each label (and its value, when given).
@@ -35,8 +36,8 @@ def allows(
     constraints = (policy.get("spec") or {}).get("hostClaimNamespaces")
     if constraints is None:
         return False
-    names = constraints.get("names") or []
-    if names and claim_namespace not in names:
+    names = constraints.get("names")
+    if names is not None and claim_namespace not in names:  # as upstream: `names: []` is none
         return False
     pattern = constraints.get("nameMatches") or ""
     if pattern:

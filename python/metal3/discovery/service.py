@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from metal3.api.constants import (
     STATUS_ANNOTATION,
     OperationalStatus,
 )
-from metal3.discovery.admissions import Admission, Admissions, CapReachedError
+from metal3.discovery.admissions import MAX_MACS, Admission, Admissions, CapReachedError
 from metal3.discovery.labels import DISCOVERED_LABEL, hardware_labels
 from metal3.discovery.naming import fallback_name, host_name, usable_serial
 from metal3.inspection import (
@@ -58,7 +59,11 @@ SYSTEM_UUID_ANNOTATION = "discovery.metal3.io/system-uuid"
 DISCOVERED_AT_ANNOTATION = "discovery.metal3.io/discovered-at"
 INVENTORY_PATH = "/v1/discovery/inventory"
 MAX_SERIAL = 128
+MAX_HARDWARE_BYTES = 128 * 1024
+"""Largest hardware description (JSON) taken: the host carries it in its status annotation,
+and the API server refuses an object whose annotations pass 256 KiB in all."""
 _NO_BMC = {"0.0.0.0", "::", "::/0"}
+_NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a DNS-1123 label
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,19 @@ class DiscoveryOptions:
     namespace: str = "default"  # where discovered hosts are created
     hosts_per_minute: int = 10  # new systems admitted per minute, at most
     token_ttl: float = 600.0  # seconds a discovery token (an admission) stays valid
+
+    def __post_init__(self) -> None:
+        """Refuse options every discovered host would fail on (a namespace the API server
+        cannot have), here, instead of at each inventory."""
+        if not _NAMESPACE_NAME.fullmatch(self.namespace):
+            raise ValueError(
+                f"discovery namespace {self.namespace[:70]!r} is not a namespace name "
+                "(lower-case letters, digits and '-', at most 63)"
+            )
+        if self.hosts_per_minute < 1:
+            raise ValueError("discovery admits at least 1 host per minute")
+        if not self.token_ttl > 0:
+            raise ValueError("a discovery token must stay valid for some time (token_ttl > 0)")
 
 
 class DiscoveryRefusal(Exception):
@@ -267,10 +285,20 @@ class Discovery:
             hardware = hardware_details_from_inventory(inventory)
         except InventoryError as exc:
             raise DiscoveryRefusal(400, f"the inventory cannot be used: {exc}") from None
+        nics = hardware.get("nics") or []
+        if len(nics) > MAX_MACS:
+            raise DiscoveryRefusal(
+                400, f"the inventory lists {len(nics)} interfaces; at most {MAX_MACS} are taken"
+            )
+        size = len(orjson.dumps(hardware))
+        if size > MAX_HARDWARE_BYTES:
+            raise DiscoveryRefusal(
+                400,
+                f"the inventory's hardware description is {size} bytes of JSON; at most "
+                f"{MAX_HARDWARE_BYTES} are taken",
+            )
         macs = {
-            mac
-            for nic in hardware.get("nics") or []
-            if (mac := normalize_mac(str(nic.get("mac") or ""))) is not None
+            mac for nic in nics if (mac := normalize_mac(str(nic.get("mac") or ""))) is not None
         }
         mac = boot_mac(hardware)
         if mac is None or not macs:

@@ -364,3 +364,39 @@ async def test_an_untrusted_server_is_refused(
         assert error.status is None and "not trusted" in error.message
     with pytest.raises(AgentError, match="https"):
         AgentClient("http://127.0.0.1:1", ca_file=other_ca)
+
+
+async def test_a_lookup_saying_it_has_no_token_marks_the_booted_agents_token_lost(
+    kubeconfig: Path, namespace: str, tmp_path: Path
+) -> None:
+    """The answer carrying a token can be lost (an operator killed mid-lookup): the agent then
+    looks up without one while the operator holds it. It says so (`has_token: false`), the
+    record notes it for the provisioner (which boots the agent again); no token is given."""
+    async with serving(kubeconfig, namespace, tmp_path) as h:
+        host = await h.create_host("h1", MAC_A)
+        records = AgentRecords(h.client)
+        await records.expect_agent(host)  # the provisioner boots the agent
+        _, token = await lookup(h, MAC_A)  # ... whose answer is lost
+        assert token is not None
+        kept = await h.call(lambda: h.agent().lookup([MAC_A], has_token=True))
+        assert kept.token is None and not (await records.get(host)).token_lost  # a restart
+        again = await h.call(lambda: h.agent().lookup([MAC_A], has_token=False))
+        assert again.token is None  # never given twice
+        record = await records.get(host)
+        assert record.token_lost and record.token_from_booted_agent
+        noted = record.token_lost_at
+        await h.call(lambda: h.agent().lookup([MAC_A], has_token=False))
+        assert (await records.get(host)).token_lost_at == noted  # noted once
+        await records.expect_agent(host)  # booted again: a new token, nothing lost
+        record = await records.get(host)
+        assert not record.token_lost and not record.token_lost_at
+        _, fresh = await lookup(h, MAC_A)
+        assert fresh is not None and fresh != token
+        # A token no agent boot asked for (a tenant's OS looking up) is never "lost".
+        await records.agent_gone(host)
+        await h.call(lambda: h.agent().lookup([MAC_A]))
+        await h.call(lambda: h.agent().lookup([MAC_A], has_token=False))
+        assert not (await records.get(host)).token_lost
+        bad = await h.refused(lambda: h.agent().request("POST", "/v1/lookup", {
+            "mac_addresses": [MAC_A], "has_token": "no"}))  # fmt: skip
+        assert bad.status == 400

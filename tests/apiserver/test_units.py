@@ -172,6 +172,26 @@ def test_store_history_and_persistence(tmp_path: Path) -> None:
     reopened.close()
 
 
+def test_a_write_after_the_store_closed_is_a_503_not_an_sqlite_error(tmp_path: Path) -> None:
+    """A request still unwinding when the server shut down wrote to the closed database:
+    sqlite3's "Cannot operate on a closed database" traceback. It is a 503 now, and the
+    resourceVersion is not used up."""
+    store = Store(tmp_path / "db")
+    kept = store.put("g/things", {"metadata": {"name": "t", "namespace": "n"}}, None)
+    store.close()
+    for write in (
+        lambda: store.put("g/things", {"metadata": {"name": "u", "namespace": "n"}}, None),
+        lambda: store.remove("g/things", kept),
+    ):
+        with pytest.raises(ApiError) as refused:
+            write()
+        assert (refused.value.code, refused.value.reason) == (503, "ServiceUnavailable")
+        assert store.rv == 1
+    reopened = Store(tmp_path / "db")
+    assert [o["metadata"]["name"] for o in reopened.items("g/things")] == ["t"]
+    reopened.close()
+
+
 def test_cli_refuses_plain_http_off_loopback(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -246,3 +246,29 @@ async def test_no_secret_in_any_log_line(
     for secret in (IPMI_PASSWORD, "Wrong-ipmi-77"):
         assert secret not in caplog.text
         assert secret not in str(info.value)
+
+
+def test_pyghmi_errors_without_a_message_say_what_is_known() -> None:
+    """pyghmi raises some errors with None as their text (a session it marked broken without
+    a reason, seen under load): the host's status read "...: None". The worker now says what
+    is known, and a broken session is an unreachable BMC, not a refusal."""
+    from pyghmi.exceptions import IpmiException
+
+    from metal3.bmc.errors import BMCRefusedError, BMCServerError
+    from metal3.bmc.ipmiworkers import WorkerFailure, ipmi_failure
+
+    bmc = IPMIBMC(parse_address("ipmi://127.0.0.1:623"), CREDS)
+
+    def mapped(exc: Exception) -> Exception:
+        _, kind, message, code = ipmi_failure(exc)
+        return bmc._map_error(WorkerFailure(kind, message, code))
+
+    broken = mapped(IpmiException(None))
+    assert isinstance(broken, BMCUnreachableError)
+    assert "None" not in str(broken) and "session broke" in str(broken), broken
+    coded = mapped(IpmiException(None, code=0xD5))
+    assert isinstance(coded, BMCRefusedError) and "completion code 0xd5" in str(coded), coded
+    busy = mapped(IpmiException("Node busy", code=0xC0))
+    assert isinstance(busy, BMCServerError) and "Node busy" in str(busy), busy
+    plain = mapped(IpmiException("Unauthorized name"))
+    assert isinstance(plain, BMCAuthError), plain

@@ -75,3 +75,57 @@ def test_sha256_cipher_suite_is_refused_with_status_0x11(sim: IPMISimulator) -> 
     assert "Chassis Power is" in run_ipmitool(
         sim, "admin", "sim-secret", "-C", "3", "power", "status"
     )
+
+
+def test_a_packet_queued_for_a_session_that_is_gone_is_answered_not_fatal() -> None:
+    """pyghmi hands a packet it had queued for a session that has gone since (expired, or
+    replaced by the client's next one) to that session as sessionless data, which pyghmi's
+    server session cannot take: the simulator died of an AttributeError (seen with 50 hosts
+    under load). Played here in-process with the simulator's own objects: an RMCP+ session is
+    opened, forgotten, and a packet queued for it is processed; the BMC answers it."""
+    import socket
+
+    from pyghmi.ipmi.private import session as ipmi_session
+
+    from metal3.bmc.emulators import free_port
+    from metal3.bmc.ipmisim import SimSession, SimulatedBMC
+
+    port = free_port(socket.SOCK_DGRAM)
+    bmc = SimulatedBMC({"admin": "sim-secret"}, address="127.0.0.1", port=port)
+    # An RMCP+ Open Session Request (cipher suite 3: RAKP-HMAC-SHA1, HMAC-SHA1-96, AES-CBC).
+    payload = bytes([1, 4, 0, 0, 0x78, 0x56, 0x34, 0x12])
+    for kind in (0, 1, 2):
+        payload += bytes([kind, 0, 0, 8, 1, 0, 0, 0])
+    request = (
+        bytes([6, 0, 0xFF, 7, 6, 0x10]) + bytes(8) + len(payload).to_bytes(2, "little") + payload
+    )
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.bind(("127.0.0.1", 0))
+        client.settimeout(5)
+        address = client.getsockname()
+
+        def answer() -> bytes:
+            for _ in range(20):
+                ipmi_session.Session.wait_for_rsp(timeout=0.1)
+                try:
+                    return client.recv(1024)
+                except TimeoutError:
+                    continue
+            raise AssertionError("no answer from the simulator")
+
+        client.sendto(request, ("127.0.0.1", port))
+        client.settimeout(0.05)
+        reply = answer()
+        assert reply[:4] == bytes([6, 0, 0xFF, 7]) and reply[5] == 0x11  # open session response
+        session = ipmi_session.Session.bmc_handlers[address][port]
+        assert isinstance(session, SimSession)
+
+        del ipmi_session.Session.bmc_handlers[address]  # the session is gone ...
+        session.pktqueue.append((request, address, bmc.serversocket))  # ... with a packet queued
+        session.process_pktqueue()  # raised AttributeError before
+        again = answer()  # the BMC took it: a new session's open response
+        assert again[:4] == bytes([6, 0, 0xFF, 7]) and again[5] == 0x11
+        assert ipmi_session.Session.bmc_handlers[address][port] is not session
+    del ipmi_session.Session.bmc_handlers[address]
+    del ipmi_session.Session.bmc_handlers[bmc.serversocket]
+    bmc.serversocket.close()

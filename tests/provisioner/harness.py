@@ -331,6 +331,8 @@ class Notifications:
             if host is not None:
                 flags = body.get("boot") or {}
                 boot = str(flags.get("device")) if flags.get("valid") else "other"
+                if body.get("event") == "reset":  # a host that is on goes down and boots again
+                    host.notify(False, boot)
                 host.notify(body.get("power") == "on", boot)
 
     def close(self) -> None:

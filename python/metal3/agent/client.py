@@ -100,6 +100,7 @@ class AgentClient:
         *,
         system_uuid: str | None = None,
         serial_number: str | None = None,
+        has_token: bool | None = None,
     ) -> Lookup:
         # A fresh connection: a lookup can hand out the token, so it must not be sent on a
         # connection the server may already have closed (a retry would get no token).
@@ -108,6 +109,7 @@ class AgentClient:
             "mac_addresses": list(mac_addresses),
             "system_uuid": system_uuid,
             "serial_number": serial_number,
+            "has_token": has_token,
         }
         answer = self.request("POST", "/v1/lookup", body)
         host = answer.get("host") or {}

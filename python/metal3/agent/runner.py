@@ -376,7 +376,9 @@ class Runner:
         reported = False
         while True:
             try:
-                found = self._lookup()
+                # Whether a usable token is kept: "no" while one is held for this boot tells
+                # the operator the lookup answer carrying it was lost (it boots us again).
+                found = self._lookup(has_token=bool(self.state.token) and not refused)
             except AgentApiError as exc:
                 if exc.status in (400, 404, 409) or (self.discovered and exc.status == 403):
                     if not reported:
@@ -415,6 +417,7 @@ class Runner:
                 found.name,
             )
             self._save()
+            refused = True  # the token kept (if any) is no use: say so at the next lookup
             time.sleep(self.options.lookup_interval)
 
     def _discovered(self, discovery_token: str) -> None:
@@ -449,13 +452,14 @@ class Runner:
             self.options.lookup_interval,
         )
 
-    def _lookup(self) -> Lookup:
+    def _lookup(self, *, has_token: bool) -> Lookup:
         options = self.options
         return retrying(
             lambda: self.client.lookup(
                 self.macs,
                 system_uuid=options.system_uuid or _dmi("product_uuid"),
                 serial_number=options.serial_number or _dmi("product_serial"),
+                has_token=has_token,
             ),
             "lookup",
         )

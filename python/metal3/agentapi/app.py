@@ -208,6 +208,9 @@ class AgentApi:
         for key in ("system_uuid", "serial_number"):
             if body.get(key) is not None and not isinstance(body.get(key), str):
                 raise HttpError(400, f"{key} must be a string or null")
+        has_token = body.get("has_token")
+        if has_token is not None and not isinstance(has_token, bool):
+            raise HttpError(400, "has_token must be true, false or null")
         hosts = self.hosts.find_by_macs(macs)
         if not hosts and self.discovery.enabled:
             return {**self._discover(request, macs, body), "poll_seconds": self.poll_seconds}
@@ -228,11 +231,12 @@ class AgentApi:
                 state or "new",
             )
             raise HttpError(403, f"the host is {state or 'new'!r}: no agent is expected there")
-        refused_unbooted = False
+        refused_unbooted = lost = False
 
         def issue(record: AgentRecord) -> str | None:
-            nonlocal refused_unbooted
+            nonlocal refused_unbooted, lost
             if record.token_hash:
+                lost = has_token is False and record.note_token_lost()
                 return None
             if self.agent_boot_required and not record.agent_boot_at:
                 refused_unbooted = True
@@ -253,7 +257,10 @@ class AgentApi:
             "lookup from %s: host %s, %s",
             request.client,
             _name(host),
-            "token issued" if token else "token already held (not given again)",
+            "token issued"
+            if token
+            else "token already held (not given again)"
+            + ("; the agent says it has none: noted, for the provisioner" if lost else ""),
         )
         identity = Host(host).identity()
         return {

@@ -105,6 +105,9 @@ class AgentRecord:
     # When the provisioner last booted the host into the agent (RFC 3339; "" when the host is
     # not meant to be running one): only a token issued after it can be the agent's own.
     agent_boot_at: str = ""
+    # When a lookup said it holds no token while one was held for the booted agent: the agent
+    # lost the lookup answer that carried it (an operator killed mid-lookup); "" otherwise.
+    token_lost_at: str = ""
     results: dict[str, RecordedResult] = field(default_factory=dict)
     # The Secret as read: its resourceVersion ("" when it does not exist yet).
     resource_version: str = ""
@@ -123,7 +126,7 @@ class AgentRecord:
     def rotate_token(self) -> bool:
         """Forget the token held (the next lookup issues a new one); True if one was held."""
         held = bool(self.token_hash)
-        self.token_hash = self.token_id = self.token_issued_at = ""
+        self.token_hash = self.token_id = self.token_issued_at = self.token_lost_at = ""
         return held
 
     def expect_agent(self) -> None:
@@ -144,6 +147,20 @@ class AgentRecord:
         return bool(
             self.token_hash and self.agent_boot_at and self.token_issued_at >= self.agent_boot_at
         )
+
+    def note_token_lost(self) -> bool:
+        """A lookup without a token came while the booted agent's token is held: it can only
+        be that agent (having lost the answer that carried the token) or an impostor; either
+        way the token will not be used. The provisioner boots the agent again (a new token);
+        an impostor can cause that reboot, never get a token. True if noted now."""
+        if not self.token_from_booted_agent or self.token_lost_at:
+            return False
+        self.token_lost_at = now_rfc3339()
+        return True
+
+    @property
+    def token_lost(self) -> bool:
+        return bool(self.token_lost_at) and self.token_from_booted_agent
 
     # --- results -------------------------------------------------------------------------
 
@@ -189,6 +206,8 @@ class AgentRecord:
             values["token-issued-at"] = self.token_issued_at.encode()
         if self.agent_boot_at:
             values["agent-boot-at"] = self.agent_boot_at.encode()
+        if self.token_lost_at:
+            values["token-lost-at"] = self.token_lost_at.encode()
         for command_id, result in self.results.items():
             values[RESULT_PREFIX + command_id] = orjson.dumps(result.to_json())
         return {key: base64.b64encode(value).decode() for key, value in sorted(values.items())}
@@ -218,6 +237,7 @@ class AgentRecord:
             token_id=values.get("token-id", b"").decode(errors="replace"),
             token_issued_at=values.get("token-issued-at", b"").decode(errors="replace"),
             agent_boot_at=values.get("agent-boot-at", b"").decode(errors="replace"),
+            token_lost_at=values.get("token-lost-at", b"").decode(errors="replace"),
             results=results,
             resource_version=version,
         )

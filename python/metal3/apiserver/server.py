@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import uvicorn
 import yaml
 
@@ -26,6 +27,9 @@ from metal3.apiserver.objects import deep_copy
 from metal3.apiserver.registry import Registry
 from metal3.apiserver.store import Store
 from metal3.apiserver.strategies import CRD_KEY
+
+# Seconds the store stays open after the server stopped, for request tasks still unwinding.
+SHUTDOWN_GRACE = 5.0
 
 
 class _Uvicorn(uvicorn.Server):
@@ -135,11 +139,19 @@ class PreparedServer:
     store: Store
 
     async def serve(self) -> None:
-        """Serve until cancelled (then stop accepting and close the store)."""
+        """Serve until cancelled (then stop accepting and close the store).
+
+        The store is closed only once the request tasks are gone: uvicorn cancels the ones
+        that outlive its graceful shutdown without waiting for them, and one still unwinding
+        could otherwise write to a closed database (a traceback at shutdown, seen with 50
+        hosts)."""
         try:
             await self.server.serve(sockets=[self.sock])
         finally:
             self.server.should_exit = True
+            with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_GRACE):
+                while self.server.server_state.tasks:  # noqa: ASYNC110 (uvicorn offers no event)
+                    await anyio.sleep(0.02)
             self.store.close()
 
 

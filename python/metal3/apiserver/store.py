@@ -23,6 +23,8 @@ from typing import Any
 
 import orjson
 
+from metal3.apiserver.errors import ApiError
+
 Obj = dict[str, Any]
 ObjKey = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped
 
@@ -103,8 +105,12 @@ class Store:
         self.horizon = self._history[0].rv - 1 if self._history else self.rv
         self._writes = 0
         self._listeners: list[Listener] = []
+        self._closed = False
 
     def close(self) -> None:
+        """Close the database; a write after this is refused with a 503 (a request that
+        outlived the server's shutdown), never an sqlite3 error."""
+        self._closed = True
         self._db.close()
 
     # -- reads -------------------------------------------------------------------------------
@@ -201,6 +207,9 @@ class Store:
     def _commit(self, write: Callable[[], None], change: Change, data: bytes) -> None:
         """One write with its change-log entry and the new resourceVersion, in one transaction;
         on failure nothing is kept and the resourceVersion is handed back."""
+        if self._closed:
+            self.rv -= 1
+            raise ApiError(503, "the API server is shutting down", "ServiceUnavailable")
         self._db.execute("BEGIN")
         try:
             write()

@@ -78,6 +78,14 @@ class BMCRefusedError(BMCError):
     kind = "refused"
 
 
+class BMCServerError(BMCError):
+    """The BMC failed the request on its own side (an HTTP 5xx other than 501, a busy IPMI
+    BMC): nothing says the request was wrong, and the same request may well work a moment
+    later (sushy-tools answers 500 while its state database is locked by another request)."""
+
+    kind = "bmc-error"
+
+
 REDACTED = "***"
 
 

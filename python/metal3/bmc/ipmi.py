@@ -29,6 +29,7 @@ from metal3.bmc.errors import (
     BMCAuthError,
     BMCError,
     BMCRefusedError,
+    BMCServerError,
     BMCTimeoutError,
     BMCUnreachableError,
     BMCUnsupportedError,
@@ -62,6 +63,9 @@ _POWER_ACTIONS = {
     PowerAction.RESET: "reset",
 }
 _BOOT_DEVICES = {"network": BootDevice.PXE, "optical": BootDevice.CD, "hd": BootDevice.DISK}
+# Completion codes of a BMC that could not do it now (node busy, timeout while processing,
+# response could not be provided): worth trying again, as an HTTP 5xx.
+_BUSY_CODES = (0xC0, 0xC3, 0xCE)
 
 # One lock per BMC (host, port), shared by every driver object in the process.
 _locks_guard = threading.Lock()
@@ -150,7 +154,11 @@ class IPMIBMC(BMC):
                 return BMCUnreachableError(where, f"cannot reach the BMC: {text}")
             if exc.code in (0xC1, 0xC9, 0xCC, 0x80):
                 return BMCUnsupportedError(where, f"the BMC does not support this: {text}")
+            if exc.code in _BUSY_CODES:
+                return BMCServerError(where, text)
             return BMCRefusedError(where, text)
+        if exc.kind == "session":
+            return BMCUnreachableError(where, f"cannot reach the BMC: {text}")
         if exc.kind == "invalid":
             return BMCUnsupportedError(where, text)
         if exc.kind == "os":

@@ -80,6 +80,25 @@ def _perform(request: IPMIRequest) -> Any:
     raise ValueError(f"unknown IPMI operation {operation!r}")
 
 
+def ipmi_failure(exc: Exception) -> tuple[str, str, str, int]:
+    """The error reply for a pyghmi IpmiException. pyghmi raises some with no text at all
+    (its message is None: a session marked broken without a reason, as when logins time out
+    under load), which used to reach the host's status as "...: None"; those say what is
+    known instead: the completion code, or a session that broke (kind "session")."""
+    code = int(getattr(exc, "ipmicode", 0) or 0)
+    text = str(exc) if exc.args and exc.args[0] is not None else ""
+    if text.strip():
+        return ("error", "ipmi", text, code)
+    if code:
+        return ("error", "ipmi", f"the BMC answered with completion code 0x{code:02x}", code)
+    return (
+        "error",
+        "session",
+        "the IPMI session broke without a reason from pyghmi (no answer from the BMC in time)",
+        0,
+    )
+
+
 def worker_main(conn: Connection) -> None:
     """Serve requests until the parent closes the pipe."""
     from pyghmi import exceptions as pyghmi_exc
@@ -92,7 +111,7 @@ def worker_main(conn: Connection) -> None:
         try:
             reply: tuple[Any, ...] = ("ok", _perform(request))
         except pyghmi_exc.IpmiException as exc:
-            reply = ("error", "ipmi", str(exc), int(getattr(exc, "ipmicode", 0) or 0))
+            reply = ipmi_failure(exc)
         except pyghmi_exc.InvalidParameterValue as exc:
             reply = ("error", "invalid", str(exc), 0)
         except OSError as exc:

@@ -28,6 +28,7 @@ from metal3.bmc.errors import (
     BMCCertificateError,
     BMCError,
     BMCRefusedError,
+    BMCServerError,
     BMCTimeoutError,
     BMCUnreachableError,
     BMCUnsupportedError,
@@ -178,6 +179,8 @@ class RedfishBMC(BMC):
         if isinstance(exc, sushy_exc.HTTPError):
             if exc.status_code == 501:
                 return BMCUnsupportedError(where, f"not implemented by the BMC: {text}")
+            if (exc.status_code or 0) >= 500:
+                return BMCServerError(where, text)
             return BMCRefusedError(where, text)
         if isinstance(
             exc,

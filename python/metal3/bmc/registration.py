@@ -25,6 +25,7 @@ from metal3.bmc.errors import (
     BMCCredentialsError,
     BMCError,
     BMCRefusedError,
+    BMCServerError,
     BMCUnknownTypeError,
     BMCUnreachableError,
     BMCUnsupportedError,
@@ -64,7 +65,7 @@ def _driver_error(error: BMCError, node: str, address: BMCAddress | None) -> str
             f"Redfish connection failed for node {node}: Unable to connect to "
             f"{address.endpoint}. Error: {error.message}"
         )
-    if isinstance(error, BMCRefusedError):
+    if isinstance(error, BMCRefusedError | BMCServerError):
         return f"Redfish exception occurred. Error: {error.message}"
     return error.message  # e.g. rejected credentials: the BMC's HTTP status is in the message
 

@@ -100,6 +100,8 @@ class Host:
         self.media: dict[str, Any] | None = None
         self.last_event = ""
         self._stopping: dict[int, asyncio.TimerHandle] = {}
+        self.launcher = agents.AgentLauncher(agent)
+        self.launcher.prepare()
         self.save()
 
     # --- BMC reports ---------------------------------------------------------------------
@@ -192,7 +194,7 @@ class Host:
 
     def _start_agent(self, cmdline: str, reason: str) -> None:
         write_cmdline(self.agent_spec.root, cmdline)
-        process = agents.start_agent(self.agent_spec, reason)
+        process = self.launcher.start(reason)
         self.process = process
         self.booted = "agent"
         self.note = reason
@@ -241,6 +243,7 @@ class Host:
         process = self.process
         self.power = "off"
         self.process = None
+        self.launcher.close()
         if process is not None and process.poll() is None:
             agents.signal_process(process.pid, signal.SIGKILL)
             process.wait()

@@ -929,16 +929,12 @@ pub struct Info {
     pub extended_l2: bool,
 }
 
-/// Reads the start of `src` (one request) and reports the format and sizes.
+/// Reads the start of `src` (one request: a range request over HTTP, see `Source::head`) and
+/// reports the format and sizes.
 pub fn probe(src: &Source) -> Result<Info> {
-    const WANT: usize = 64 << 10;
-    let opened = src.open()?;
-    let mut head = Vec::with_capacity(WANT);
-    opened
-        .reader
-        .take(WANT as u64)
-        .read_to_end(&mut head)
-        .map_err(|e| source(format!("reading the source: {e}")))?;
+    const WANT: u64 = 64 << 10;
+    let start = src.head(WANT)?;
+    let head = start.data;
     let format = detect(&head)?;
     let mut info = Info {
         format: format.name().to_string(),
@@ -946,7 +942,7 @@ pub fn probe(src: &Source) -> Result<Info> {
         virtual_size: None,
         cluster_size: None,
         compression: None,
-        file_size: opened.length,
+        file_size: start.length,
         qcow2_version: None,
         extended_l2: false,
     };
@@ -959,10 +955,10 @@ pub fn probe(src: &Source) -> Result<Info> {
             info.qcow2_version = Some(h.version);
             info.extended_l2 = h.extended_l2;
         }
-        Format::Raw | Format::Auto => info.virtual_size = opened.length,
+        Format::Raw | Format::Auto => info.virtual_size = start.length,
         Format::Gzip | Format::Xz | Format::Zstd => {
             info.compression = Some(format.name().to_string());
-            info.virtual_size = match (format, opened.length) {
+            info.virtual_size = match (format, start.length) {
                 (Format::Zstd, _) => container_size::zstd_declared(&head),
                 (Format::Xz, Some(len)) => container_size::xz_size(len, &mut *src.ranges()?),
                 _ => None,
@@ -1068,6 +1064,218 @@ mod tests {
                 "panic at {at}: {e}"
             );
         }
+    }
+
+    /// How the test server answers a request with a Range header.
+    #[derive(Clone, Copy)]
+    enum Ranges {
+        Served,
+        Ignored,    // 200 and the whole file
+        Refused,    // 416
+        OtherBytes, // 206 for bytes the client did not ask for
+    }
+
+    /// One request the test server answered: its Range header, status and body bytes sent.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Seen {
+        range: Option<String>,
+        status: u16,
+        sent: usize,
+    }
+
+    /// An HTTP/1.1 server on 127.0.0.1 serving `body` at any path, one connection per
+    /// request, recording what it answered.
+    fn serve(body: Vec<u8>, ranges: Ranges) -> (String, Arc<Mutex<Vec<Seen>>>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/disk.img", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut range = None;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some((k, v)) = line.split_once(':') {
+                        if k.eq_ignore_ascii_case("range") {
+                            range = Some(v.trim().to_string());
+                        }
+                    }
+                }
+                let total = body.len();
+                let asked = range.as_deref().and_then(|r| {
+                    let (a, b) = r.strip_prefix("bytes=")?.split_once('-')?;
+                    Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?))
+                });
+                let (status, span, extra) = match (asked, ranges) {
+                    (None, _) | (Some(_), Ranges::Ignored) => (200, 0..total, String::new()),
+                    (Some(_), Ranges::Refused) => {
+                        (416, 0..0, format!("Content-Range: bytes */{total}\r\n"))
+                    }
+                    (Some((a, b)), Ranges::Served) => {
+                        let end = (b + 1).min(total);
+                        (
+                            206,
+                            a..end,
+                            format!("Content-Range: bytes {a}-{}/{total}\r\n", end - 1),
+                        )
+                    }
+                    (Some((a, b)), Ranges::OtherBytes) => {
+                        let (a, end) = (a + 1, (b + 2).min(total));
+                        (
+                            206,
+                            a..end,
+                            format!("Content-Range: bytes {a}-{}/{total}\r\n", end - 1),
+                        )
+                    }
+                };
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
+                    span.len()
+                );
+                let mut sent = 0;
+                if stream.write_all(head.as_bytes()).is_ok() {
+                    for piece in body[span].chunks(16 << 10) {
+                        if stream.write_all(piece).is_err() {
+                            break;
+                        }
+                        sent += piece.len();
+                    }
+                }
+                log.lock().unwrap().push(Seen {
+                    range,
+                    status,
+                    sent,
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    fn probe_url(url: &str) -> Result<Info> {
+        probe(&Source::new(url, &HttpOptions::default())?)
+    }
+
+    /// Until the server has logged `n` requests (it logs after the client hung up).
+    fn requests(seen: &Arc<Mutex<Vec<Seen>>>, n: usize) -> Vec<Seen> {
+        for _ in 0..500 {
+            if seen.lock().unwrap().len() >= n {
+                break;
+            }
+            thread::sleep(std::time::Duration::from_millis(10));
+        }
+        thread::sleep(std::time::Duration::from_millis(50)); // and no more than n
+        seen.lock().unwrap().clone()
+    }
+
+    const PROBE_RANGE: &str = "bytes=0-65535";
+
+    /// A raw image of 4 MiB: a probe reads its first 64 KiB.
+    fn raw_image() -> Vec<u8> {
+        (0..4 << 20).map(|i| (i % 251) as u8 | 1).collect()
+    }
+
+    #[test]
+    fn probe_asks_for_the_head_only() {
+        let (url, seen) = serve(raw_image(), Ranges::Served);
+        let info = probe_url(&url).unwrap();
+        assert_eq!(info.format, "raw");
+        assert_eq!(info.file_size, Some(4 << 20)); // from Content-Range
+        assert_eq!(info.virtual_size, Some(4 << 20));
+        let want = Seen {
+            range: Some(PROBE_RANGE.into()),
+            status: 206,
+            sent: 64 << 10,
+        };
+        assert_eq!(requests(&seen, 1), vec![want]);
+    }
+
+    #[test]
+    fn probe_of_a_qcow2_image_by_range() {
+        let mut image = vec![0u8; 1 << 20];
+        image[..4].copy_from_slice(qcow2::MAGIC);
+        image[4..8].copy_from_slice(&3u32.to_be_bytes()); // version
+        image[20..24].copy_from_slice(&16u32.to_be_bytes()); // cluster bits: 64 KiB
+        image[24..32].copy_from_slice(&(1u64 << 30).to_be_bytes()); // virtual size
+        image[36..40].copy_from_slice(&2u32.to_be_bytes()); // L1 entries
+        image[40..48].copy_from_slice(&(3u64 << 16).to_be_bytes()); // L1 table
+        image[48..56].copy_from_slice(&(1u64 << 16).to_be_bytes()); // refcount table
+        image[56..60].copy_from_slice(&1u32.to_be_bytes()); // its clusters
+        image[96..100].copy_from_slice(&4u32.to_be_bytes()); // refcount order
+        image[100..104].copy_from_slice(&104u32.to_be_bytes()); // header length (v3)
+        let (url, seen) = serve(image, Ranges::Served);
+        let info = probe_url(&url).unwrap();
+        assert_eq!(info.format, "qcow2");
+        assert_eq!(info.virtual_size, Some(1 << 30));
+        assert_eq!(info.cluster_size, Some(64 << 10));
+        assert_eq!(info.file_size, Some(1 << 20));
+        assert_eq!(requests(&seen, 1).len(), 1);
+    }
+
+    #[test]
+    fn probe_of_a_server_that_ignores_range_reads_the_head_of_the_whole_file() {
+        let (url, seen) = serve(raw_image(), Ranges::Ignored);
+        let info = probe_url(&url).unwrap();
+        assert_eq!(info.file_size, Some(4 << 20)); // from Content-Length
+        assert_eq!(info.virtual_size, Some(4 << 20));
+        let got = requests(&seen, 1);
+        assert_eq!(got.len(), 1, "{got:?}"); // no second request
+        assert_eq!(
+            (got[0].range.as_deref(), got[0].status),
+            (Some(PROBE_RANGE), 200)
+        );
+        assert!(got[0].sent < 4 << 20, "the probe hung up early: {got:?}");
+    }
+
+    #[test]
+    fn probe_falls_back_to_a_plain_get_when_the_range_is_refused_or_wrong() {
+        for ranges in [Ranges::Refused, Ranges::OtherBytes] {
+            let (url, seen) = serve(raw_image(), ranges);
+            let info = probe_url(&url).unwrap();
+            assert_eq!(info.format, "raw");
+            assert_eq!(info.file_size, Some(4 << 20));
+            let got = requests(&seen, 2);
+            assert_eq!(got.len(), 2, "{got:?}");
+            assert_eq!(got[0].range.as_deref(), Some(PROBE_RANGE));
+            assert_eq!((got[1].range.as_deref(), got[1].status), (None, 200));
+        }
+    }
+
+    #[test]
+    fn probe_of_an_empty_file_gets_416_then_a_plain_get() {
+        let (url, seen) = serve(Vec::new(), Ranges::Refused); // as RFC 9110 servers answer
+        let info = probe_url(&url).unwrap();
+        assert_eq!(info.file_size, Some(0));
+        let got = requests(&seen, 2);
+        assert_eq!(
+            got.iter().map(|s| s.status).collect::<Vec<_>>(),
+            vec![416, 200]
+        );
+    }
+
+    #[test]
+    fn probe_errors_are_the_servers_status() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/missing.img", listener.local_addr().unwrap());
+        thread::spawn(move || {
+            use std::io::Write;
+            for stream in listener.incoming().flatten() {
+                let mut stream = stream;
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        });
+        let e = probe_url(&url).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Source, "{e}");
+        assert!(e.message.contains("HTTP 404"), "{e}");
     }
 
     #[test]

@@ -60,6 +60,13 @@ pub struct Opened {
     pub length: Option<u64>,
 }
 
+/// The start of a source: at most the bytes asked for, and the whole source's length when the
+/// source says.
+pub struct Head {
+    pub data: Vec<u8>,
+    pub length: Option<u64>,
+}
+
 fn is_url(spec: &str) -> bool {
     let lower = spec.to_ascii_lowercase();
     lower.starts_with("http://") || lower.starts_with("https://")
@@ -119,6 +126,23 @@ impl Source {
         }
     }
 
+    /// The first `len` bytes (fewer when the source is shorter) and the source's length, in
+    /// one request. Over HTTP a range request, so a server sends only what is asked (a probe
+    /// that hung up on a whole-file GET left the server sending up to a socket buffer's worth
+    /// of a file nobody reads, and looked like an aborted download in its log).
+    pub fn head(&self, len: u64) -> Result<Head> {
+        if let Source::Http { url, agent, .. } = self {
+            if let Some(head) = http_head(agent, url, len)? {
+                return Ok(head);
+            }
+        }
+        let opened = self.open()?;
+        Ok(Head {
+            data: read_up_to(opened.reader, len)?,
+            length: opened.length,
+        })
+    }
+
     /// Random access for layouts that need it.
     pub fn ranges(&self) -> Result<Box<dyn RangeFetch + Send>> {
         Ok(match self {
@@ -166,6 +190,69 @@ pub(crate) fn get(
         ))),
         Err(ureq::Error::Transport(t)) => Err(source(format!("GET {}: {t}", redact(url)))),
     }
+}
+
+/// `GET` with `Range: bytes=0-(len-1)`. A 206 for that range gives the bytes and the length
+/// from its `Content-Range`; a 200 (a server that ignores Range) sends the whole file, of which
+/// only `len` bytes are read before the connection is dropped. `None` when the range cannot be
+/// served (416: an empty file; a 206 for other bytes): a plain GET must do.
+fn http_head(agent: &ureq::Agent, url: &str, len: u64) -> Result<Option<Head>> {
+    if len == 0 {
+        return Ok(None);
+    }
+    let resp = match agent
+        .get(url)
+        .set("Range", &format!("bytes=0-{}", len - 1))
+        .call()
+    {
+        Ok(resp) => resp,
+        Err(ureq::Error::Status(416, _)) => return Ok(None),
+        Err(ureq::Error::Status(code, resp)) => {
+            return Err(source(format!(
+                "GET {}: HTTP {code} {}",
+                redact(url),
+                resp.status_text()
+            )))
+        }
+        Err(ureq::Error::Transport(t)) => return Err(source(format!("GET {}: {t}", redact(url)))),
+    };
+    let length = if resp.status() == 206 {
+        match resp.header("Content-Range").and_then(content_range) {
+            Some((0, total)) => total,
+            _ => return Ok(None),
+        }
+    } else {
+        resp.header("Content-Length")
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let data = read_up_to(resp.into_reader(), len)?;
+    Ok(Some(Head { data, length }))
+}
+
+/// (first byte, complete length if known) of a `Content-Range: bytes FIRST-LAST/LENGTH|*`.
+fn content_range(value: &str) -> Option<(u64, Option<u64>)> {
+    let rest = value.trim().strip_prefix("bytes")?.trim_start();
+    let (span, total) = rest.split_once('/')?;
+    let (first, last) = span.trim().split_once('-')?;
+    let first: u64 = first.trim().parse().ok()?;
+    let last: u64 = last.trim().parse().ok()?;
+    if last < first {
+        return None;
+    }
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    Some((first, total))
+}
+
+fn read_up_to(reader: impl Read, len: u64) -> Result<Vec<u8>> {
+    let mut data = Vec::with_capacity(usize::try_from(len).unwrap_or(0).min(1 << 20));
+    reader
+        .take(len)
+        .read_to_end(&mut data)
+        .map_err(|e| source(format!("reading the source: {e}")))?;
+    Ok(data)
 }
 
 /// Drops user information from a URL before it goes into a message.

@@ -133,6 +133,21 @@ class BackgroundCalls:
 
         self._spawn(run)
 
+    def forget(self, label: str) -> None:
+        """Drop a finished outcome of ``label`` nobody took: the next call of that label is a
+        new request, not the continuation of one that outlived its reconcile (a boot of the
+        agent for inspection, say, must never answer for the boot for cleaning after it)."""
+        self._finished.pop(label, None)
+
+    def take_failure(self, label: str) -> Exception | None:
+        """The error of a finished call of ``label``, taken (None: it is still running, it
+        succeeded, or nothing is known): for a step that stopped waiting for the call."""
+        finished = self._finished.get(label)
+        if finished is None or finished.error is None:
+            return None
+        del self._finished[label]
+        return finished.error
+
     def _drop_stale(self) -> None:
         now = self._clock()
         for label in [k for k, c in self._finished.items() if now - c.finished_at > self.fresh]:

@@ -9,7 +9,9 @@ How the agent works for a step (`_agent`): the step's work has an id (`work_for`
 rule the agent API asks the agent by); its recorded result ends the wait. Until then:
 
 - host on and an agent token held (an agent looked up since the last boot): the agent is at
-  work, wait (its result wakes the host through the agent API's `on_result`);
+  work, wait (its result wakes the host through the agent API's `on_result`); unless the
+  record says that token was lost (a lookup's answer that never reached the agent, see
+  `AgentRecord.note_token_lost`): then as below, through off to a new agent boot;
 - host on and no token: the host runs something else (its OS, or an agent booted before a
   restart that has not looked up): power it off first;
 - host off: boot the agent: rotate the token (the new agent gets one), insert the agent ISO
@@ -38,7 +40,13 @@ from metal3.api.constants import BootMode
 from metal3.api.hardware import HardwareDetails
 from metal3.api.model import Model, ModelError
 from metal3.bmc.address import BMCAddress, BootMethod, parse_address
-from metal3.bmc.errors import BMCAddressError, BMCError, BMCRefusedError, BMCUnsupportedError
+from metal3.bmc.errors import (
+    BMCAddressError,
+    BMCError,
+    BMCRefusedError,
+    BMCServerError,
+    BMCUnsupportedError,
+)
 from metal3.bmc.interface import BMC, BootDevice, PowerAction
 from metal3.bmc.interface import PowerState as BMCPower
 from metal3.bmc.registration import registration_error_message, registration_precheck
@@ -66,6 +74,7 @@ log = logging.getLogger(__name__)
 
 VIRTUAL_MEDIA = BootMethod.VIRTUAL_MEDIA
 FIRST_POWER_POLL = 0.1  # seconds after a power request before its effect is first looked for
+BMC_SERVER_ERRORS = 6  # BMC server errors (5xx) in a row that fail a step; fewer are retried
 JsonObject = dict[str, Any]
 
 
@@ -124,14 +133,31 @@ class DirectProvisioner:
     async def _step(self, what: str, step: Callable[[], Awaitable[Result]]) -> Result:
         """Run a step, turning the expected interruptions into Results."""
         try:
-            return await step()
+            result = await step()
         except StillRunning:
             # The call's end wakes the host; the requeue is only a safety net.
             return in_progress(self.settings.bmc_call_timeout)
         except StepFailed as exc:
             return failed(str(exc))
+        except BMCServerError as exc:
+            return self._bmc_trouble(what, exc)
         except BMCError as exc:
             return failed(f"{what}: {exc}")
+        self.session.bmc_errors = 0
+        return result
+
+    def _bmc_trouble(self, what: str, exc: BMCServerError) -> Result:
+        """A BMC that failed a call on its side (a 5xx) is asked again a little later, the step
+        taking up from what the BMC then says; only `BMC_SERVER_ERRORS` in a row fail the
+        step. Failing at once made a busy BMC's one 500 cost a whole new provisioning."""
+        session = self.session
+        session.bmc_errors += 1
+        if session.bmc_errors >= BMC_SERVER_ERRORS:
+            session.bmc_errors = 0
+            return failed(f"{what}: {exc} ({BMC_SERVER_ERRORS} times in a row)")
+        delay = min(self.settings.poll_interval * 2 ** (session.bmc_errors - 1), 30.0)
+        log.warning("%s: %s: %s; trying again in %.1f s", self.name, what, exc, delay)
+        return in_progress(delay)
 
     def _host_json(self) -> JsonObject:
         return self.host.to_json()
@@ -353,7 +379,11 @@ class DirectProvisioner:
             return await self._agent_timed_out(record, work)
         state = await self._read_power()
         if state == BMCPower.ON:
-            if record.token_from_booted_agent:
+            if record.token_lost:
+                # The agent never got its token (the lookup's answer was lost: an operator
+                # killed mid-lookup) and waits for one that will not come: boot it again.
+                log.info("%s: the agent lost its token; booting it again", self.name)
+            elif record.token_from_booted_agent:
                 if boot is None:
                     # An agent this process did not boot (an operator restart): its token
                     # tells since when it has been up. Only a token issued after the last
@@ -364,7 +394,7 @@ class DirectProvisioner:
                         return await self._agent_timed_out(record, work)
                 boot.phase = "running"
                 return in_progress(settings.agent_poll_interval)
-            if boot is not None and boot.phase == "starting":
+            if boot is not None and boot.phase == "starting" and not record.token_lost:
                 return in_progress(settings.poll_interval)  # booting; no lookup yet
             # On, but not running an agent of ours: through off, then boot the agent.
             if not self._may_power_off:
@@ -381,9 +411,16 @@ class DirectProvisioner:
                 and boot.phase == "starting"
                 and now - boot.started < settings.power_timeout
             ):
-                return in_progress(settings.poll_interval)  # our power on is on its way
+                # Our power on is on its way, unless the boot call that outlived its
+                # reconcile failed since: then that is the step's error (or a retry).
+                error = session.calls.take_failure("boot-agent")
+                if error is None:
+                    return in_progress(settings.poll_interval)
+                session.boot = session.power_request = None
+                raise error
             await self._records().expect_agent(host)  # the agent we boot gets a new token
             starting = AgentBoot(since=boot.since if boot else now, phase="starting", started=now)
+            session.calls.forget("boot-agent")  # a new boot: no earlier boot's outcome
             try:
                 await self._bmc_call("boot-agent", lambda bmc: self._boot_agent(bmc, address))
             except StillRunning:
@@ -417,14 +454,32 @@ class DirectProvisioner:
         await bmc.request_power(PowerAction.ON)
 
     async def _agent_timed_out(self, record: AgentRecord, work: Command) -> Result:
+        """Power the host off, then fail the step saying so. A power off request that is
+        slow (a loaded BMC) is waited for, the boot kept meanwhile, so the reconcile its end
+        wakes comes back here: the message says the host was powered off only once its BMC
+        took the request (and says it was not, if the BMC failed it)."""
         timeout = _seconds(self.settings.agent_timeout)
-        self.session.boot = None
         if record.token_hash:
             what = f"the agent did not report the result of {work.name} within {timeout}"
         else:
             what = f"the agent did not call back within {timeout} of its boot"
-        log.warning("%s: %s; powering the host off", self.name, what)
-        await self._power_off_quietly()
+        if not self._may_power_off:
+            self.session.boot = None
+            return failed(what)
+        try:
+            await self._bmc_call(
+                "power-hard-off", lambda bmc: bmc.request_power(PowerAction.HARD_OFF)
+            )
+        except StillRunning:
+            log.info("%s: %s; powering the host off", self.name, what)
+            return in_progress(self.settings.bmc_call_timeout)
+        except BMCError as exc:
+            self.session.boot = None
+            log.warning("%s: %s; powering the host off failed: %s", self.name, what, exc)
+            return failed(f"{what}; powering the host off failed: {exc}")
+        self.session.boot = None
+        self.session.power_request = PowerRequest(PowerAction.HARD_OFF, self._clock())
+        log.warning("%s: %s; the host was powered off", self.name, what)
         return failed(f"{what}; the host was powered off")
 
     async def _power_off_quietly(self) -> None:
@@ -579,8 +634,12 @@ class DirectProvisioner:
         return await self._step("provisioning", step)
 
     async def _boot_from_disk(self, record: AgentRecord) -> Result:
-        """After a verified deploy: media out, the disk as the persistent boot device, then
-        off and on again, into the image.
+        """After a verified deploy: media out, the disk as the persistent boot device and a
+        reset, into the image, all in one BMC call; then wait for the power to show on.
+
+        One call where off, wait, on took two power changes, each polled (a round trip to
+        the BMC and a reconcile apiece). A BMC that refuses the reset (as IPMI does for a host
+        that is off) gets off and on again instead.
 
         The agent's token is rotated last, once the host is up from its disk (the agent is
         long gone by then: rotated earlier, a dying agent could look up again and hold a new
@@ -594,9 +653,19 @@ class DirectProvisioner:
         work = work_for(self._host_json(), record)
         work_id = work.id if isinstance(work, Command) else ""
         if session.finishing != work_id:
-            await self._bmc_call("boot-from-disk", lambda bmc: self._set_disk_boot(bmc, address))
-            session.finishing, session.finishing_off = work_id, False
-            log.info("%s: image written; booting it from the disk", self.name)
+            now = self._clock()
+            reset = await self._bmc_call(
+                "boot-from-disk", lambda bmc: self._reboot_into_disk(bmc, address)
+            )
+            session.finishing, session.finishing_off = work_id, reset
+            if reset:
+                # Its power on is under way: wait for it, never ask for it again.
+                session.power_request = PowerRequest(PowerAction.ON, now)
+            log.info(
+                "%s: image written; %s from the disk",
+                self.name,
+                "rebooting into it" if reset else "booting it (off, then on)",
+            )
         if not session.finishing_off:
             pending = await self._power(False)
             if pending is not None:
@@ -609,10 +678,19 @@ class DirectProvisioner:
         session.finishing = ""
         return DONE
 
-    async def _set_disk_boot(self, bmc: BMC, address: BMCAddress) -> None:
+    async def _reboot_into_disk(self, bmc: BMC, address: BMCAddress) -> bool:
+        """Media out, boot from disk, then reset (the host is on: its agent just reported);
+        True when reset, False when the BMC refused it (as IPMI does for a host that is off
+        after all): power it off and on instead."""
         if address.info.boot_method is BootMethod.VIRTUAL_MEDIA:
             await bmc.eject_media()
         await bmc.set_boot_device(BootDevice.DISK, persistent=True, uefi=self._uefi)
+        try:
+            await bmc.request_power(PowerAction.RESET)
+        except (BMCUnsupportedError, BMCRefusedError) as exc:
+            log.info("%s: reset refused (%s); powering off and on", self.name, exc)
+            return False
+        return True
 
     async def deprovision(self, *, automated_cleaning: bool) -> Result:
         async def step() -> Result:

@@ -69,6 +69,7 @@ class HostSession:
         self.boot: AgentBoot | None = None
         self.finishing: str = ""  # the deploy whose boot from disk this process set up
         self.finishing_off = False  # ... and the host has been off since
+        self.bmc_errors = 0  # BMC server errors (5xx) in a row, see DirectProvisioner._step
 
     def __repr__(self) -> str:
         return f"HostSession({self.namespace}/{self.name})"

@@ -44,6 +44,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("image", "inspect or write disk images"),
     Subcommand("agent", "run on a host: inventory, root device, clean, deploy, and the agent"),
     Subcommand("lab", "emulated hosts (BMCs, disks, networks) for the operator to manage"),
+    Subcommand("ramdisk", "build the agent ramdisk: kernel, initramfs and ISO that run the agent"),
 )
 NAMES: tuple[str, ...] = tuple(s.name for s in SUBCOMMANDS)
 

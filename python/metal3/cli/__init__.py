@@ -45,6 +45,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("agent", "run on a host: inventory, root device, clean, deploy, and the agent"),
     Subcommand("lab", "emulated hosts (BMCs, disks, networks) for the operator to manage"),
     Subcommand("ramdisk", "build the agent ramdisk: kernel, initramfs and ISO that run the agent"),
+    Subcommand("bootserver", "network boot of the agent: DHCP, TFTP, iPXE and HTTP per host MAC"),
 )
 NAMES: tuple[str, ...] = tuple(s.name for s in SUBCOMMANDS)
 

@@ -56,13 +56,21 @@ def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="where your network boot server (DHCP + PXE/iPXE) serves the agent's kernel to "
         "hosts that boot it from the network (ipmi, redfish, idrac-redfish, ilo5-redfish): with "
-        "--agent-initramfs-url it turns network boot of the agent on; metal3 runs no boot "
-        "server yet and hands the URL to none, so that server must be set up to serve it",
+        "--agent-initramfs-url it turns network boot of the agent on; metal3 hands the URL to "
+        "no server, so yours must serve it (or see --boot-server-dir)",
     )
     parser.add_argument(
         "--agent-initramfs-url",
         metavar="URL",
         help="the agent's initramfs, for network boot (see --agent-kernel-url)",
+    )
+    parser.add_argument(
+        "--boot-server-dir",
+        type=Path,
+        metavar="DIR",
+        help="network boot of the agent through `metal3 bootserver --state-dir DIR` (a folder "
+        "both share): each network-boot host's bootMACAddress is allowed there before its "
+        "agent boots and forgotten when the agent is done; turns network boot on",
     )
     parser.add_argument(
         "--agent-timeout",
@@ -162,12 +170,17 @@ def direct_settings(args: argparse.Namespace, lab: LabConfig | None = None) -> D
     for name in ("agent_timeout", "soft_power_off_timeout"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive number of seconds")
+    boot_server_dir = getattr(args, "boot_server_dir", None)
+    if lab is not None and boot_server_dir is not None:
+        raise ValueError("--lab boots the lab's hosts itself; drop --boot-server-dir")
     media = lab.boot_media if lab is not None else AgentBootMedia(
         iso_url=args.agent_iso_url,
         kernel_url=args.agent_kernel_url,
         initramfs_url=args.agent_initramfs_url,
+        network_boot_server=f"metal3 bootserver ({boot_server_dir})" if boot_server_dir else None,
     )  # fmt: skip
     return DirectSettings(
+        boot_server_dir=boot_server_dir,
         media=media,
         agent_timeout=args.agent_timeout,
         soft_power_off_timeout=args.soft_power_off_timeout,

@@ -50,6 +50,7 @@ from metal3.bmc.errors import (
 from metal3.bmc.interface import BMC, BootDevice, PowerAction
 from metal3.bmc.interface import PowerState as BMCPower
 from metal3.bmc.registration import registration_error_message, registration_precheck
+from metal3.bootserver.registry import BootServer, BootServerError
 from metal3.inspection import InventoryError, hardware_details_from_inventory
 from metal3.provisioner.base import (
     DONE,
@@ -361,6 +362,8 @@ class DirectProvisioner:
         done = record.results.get(work.id)
         if done is not None:
             self.session.boot = None
+            if command != CommandName.CLEAN or done.status != "succeeded":
+                self._forget_network_boot()  # (an agent that cleaned stays up for a deploy)
             if done.status == "succeeded":
                 return AgentStep(outcome=done.result or {}, record=record)
             reason = done.error or "no reason given"
@@ -450,8 +453,33 @@ class DirectProvisioner:
             await bmc.insert_media(iso)
             await bmc.set_boot_device(BootDevice.CD, persistent=False, uefi=self._uefi)
         else:
+            self._allow_network_boot()
             await bmc.set_boot_device(BootDevice.PXE, persistent=False, uefi=self._uefi)
         await bmc.request_power(PowerAction.ON)
+
+    def _allow_network_boot(self) -> None:
+        """With a boot server (`boot_server_dir`), let the host's boot MAC boot the agent."""
+        folder = self.settings.boot_server_dir
+        if folder is None:
+            return
+        mac = self.host.spec.boot_mac_address if self.host.spec else None
+        if not mac:
+            raise StepFailed("network boot through the boot server needs spec.bootMACAddress")
+        try:
+            BootServer(folder).allow(mac, name=self.name)
+        except (OSError, BootServerError) as exc:
+            raise StepFailed(f"the boot server's folder {folder}: {exc}") from None
+
+    def _forget_network_boot(self) -> None:
+        """The agent is done: the boot server stops answering the host's boot MAC."""
+        folder = self.settings.boot_server_dir
+        mac = self.host.spec.boot_mac_address if self.host.spec else None
+        if folder is None or not mac:
+            return
+        try:
+            BootServer(folder).forget(mac)
+        except (OSError, BootServerError) as exc:
+            log.warning("%s: the boot server's folder %s: %s", self.name, folder, exc)
 
     async def _agent_timed_out(self, record: AgentRecord, work: Command) -> Result:
         """Power the host off, then fail the step saying so. A power off request that is
@@ -463,6 +491,7 @@ class DirectProvisioner:
             what = f"the agent did not report the result of {work.name} within {timeout}"
         else:
             what = f"the agent did not call back within {timeout} of its boot"
+        self._forget_network_boot()
         if not self._may_power_off:
             self.session.boot = None
             return failed(what)
@@ -702,6 +731,7 @@ class DirectProvisioner:
                 pending = await self._power(False)
                 if pending is not None:
                     return pending
+            self._forget_network_boot()
             return DONE
 
         return await self._step("deprovisioning", step)
@@ -727,6 +757,7 @@ class DirectProvisioner:
                 return in_progress(self.settings.bmc_call_timeout)
             except BMCError as exc:
                 log.warning("%s: ejecting the agent's media on delete: %s", self.name, exc)
+        self._forget_network_boot()
         self.factory.forget(session.uid)
         return DONE
 

@@ -6,6 +6,7 @@ Kept free of heavy imports: the command line builds these before it imports the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 # Ironic's `[conductor]soft_power_off_timeout` default, which upstream Metal3 relies on for a
 # soft power off (and the soft reboot's power off) before it falls back to a hard one.
@@ -21,7 +22,7 @@ class AgentBootMedia:
 
     ``iso_url``: an ISO of the agent that BMCs download for virtual media (the `*-virtualmedia`
     schemes). ``kernel_url``/``initramfs_url``: the agent for network boot, served to the
-    hosts by a network boot server (DHCP + PXE/iPXE) that is not part of metal3;
+    hosts by a network boot server (DHCP + PXE/iPXE) of your own;
     ``network_boot_server`` names a boot server that serves the agent to any host asking by
     network boot (the lab: `metal3 lab` plays one for its hosts). Network boot counts as
     configured with either the kernel and initramfs or a named server.
@@ -58,3 +59,6 @@ class DirectSettings:
     agent_poll_interval: float = 15.0
     #: worker processes for IPMI calls (pyghmi runs in them; see metal3.bmc.ipmiworkers)
     ipmi_workers: int = 8
+    #: the state folder of a `metal3 bootserver` (shared with it): network-boot hosts' boot
+    #: MACs are allowed there before each agent boot and forgotten once the agent is done
+    boot_server_dir: Path | None = None

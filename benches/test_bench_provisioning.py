@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
 import datetime
 import hashlib
 import json
@@ -57,6 +58,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -457,6 +459,178 @@ class Counters:
         }
 
 
+# --- who used the CPU during the writes ---------------------------------------------------
+
+CPU_SAMPLE_EVERY = 0.25  # seconds; the sampler's own cost shows in the "bench" row
+AGENT_TOTAL = "agent process"  # a booted agent's whole process (exited threads included)
+AGENT_THREADS = {  # the image pipeline's threads, named by metal3.imagestream
+    "imgst-read": "agents: imagestream read (HTTP)",
+    "imgst-hash": "agents: imagestream hash",
+    "imgst-inflate": "agents: imagestream inflate",
+    "imgst-write": "agents: imagestream write (O_DIRECT)",
+}
+AGENT_REST = "agents: Python + decoding (unnamed threads)"
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    at: float  # time.time()
+    machine: tuple[int, ...]  # /proc/stat's cpu line, in ticks
+    tasks: dict[tuple[int, int], tuple[str, int]]  # (pid, tid; 0: the process) -> (group, ticks)
+
+
+class CpuSampler:
+    """Per-process CPU ticks from /proc every CPU_SAMPLE_EVERY s while the hosts provision,
+    grouped by what the process is (the operator and its children, this lab's agents, its
+    supervisor and the supervisor's children, kernel threads, this process, everything
+    else: other labs too); in a booted
+    agent also per thread (the image pipeline's named threads), so the report can say who
+    used the machine during the writes' span. Only a sampler: a thread that lives less
+    than a sample interval is missed per thread, but not from its process's total."""
+
+    def __init__(self, operator_pid: int, lab_root: Path) -> None:
+        self.operator_pid = operator_pid
+        self.lab_root = str(lab_root)
+        self.samples: list[CpuSample] = []
+        self._kinds: dict[tuple[int, str], str] = {}  # (pid, starttime) -> group
+        self._parents: dict[int, str] = {}  # pid -> group, of the processes seen last
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="cpu-sampler", daemon=True)
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            self.samples.append(self.sample())
+            if self._stop.wait(CPU_SAMPLE_EVERY):
+                self.samples.append(self.sample())
+                return
+
+    @staticmethod
+    def _stat(path: str) -> tuple[str, list[str]] | None:
+        try:
+            text = Path(path).read_text()
+        except OSError:  # gone meanwhile
+            return None
+        comm, _, rest = text.partition(" (")[2].rpartition(") ")
+        return comm, rest.split()
+
+    def _kind(self, pid: int, starttime: str, ppid: int) -> str:
+        known = self._kinds.get((pid, starttime))
+        if known is not None:
+            return known
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            argv = []
+        cmdline = " ".join(a.decode(errors="replace") for a in argv)
+        parent = self._parents.get(ppid)
+        if not cmdline.strip():
+            kind = "kernel"
+        elif pid == os.getpid():
+            kind = "bench (this process, the sampler included)"
+        elif pid == self.operator_pid or parent == "operator":
+            kind = "operator"
+        elif parent in ("agent", "agents' child processes (tools)"):
+            kind = "agents' child processes (tools)"
+        elif self.lab_root not in cmdline and not (parent or "").startswith("lab"):
+            kind = "other processes (not this benchmark's)"
+        elif "metal3.lab.agents" in cmdline or " agent run " in cmdline:
+            kind = "agent"
+        elif "metal3.lab.supervisor" in cmdline:
+            kind = "lab supervisor (image server, relay, IPMI BMCs, hosts)"
+        elif parent is not None and parent.startswith("lab supervisor"):
+            words = [a.decode(errors="replace") for a in argv if a]
+            module = words.index("-m") + 1 if "-m" in words[:-1] else 0
+            kind = f"lab supervisor's child: {Path(words[module]).name}"
+        else:
+            kind = "other processes (not this benchmark's)"
+        if not kind.startswith(("lab supervisor's", "other")):  # these may exec yet
+            self._kinds[(pid, starttime)] = kind
+        self._parents[pid] = kind
+        return kind
+
+    def sample(self) -> CpuSample:
+        machine = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        tasks: dict[tuple[int, int], tuple[str, int]] = {}
+        for entry in sorted(os.listdir("/proc"), key=lambda e: (len(e), e)):
+            if not entry.isdigit():
+                continue
+            pid = int(entry)
+            stat = self._stat(f"/proc/{pid}/stat")
+            if stat is None:
+                continue
+            comm, fields = stat
+            ticks = int(fields[11]) + int(fields[12])  # utime, stime
+            kind = self._kind(pid, fields[19], int(fields[1]))
+            if kind == "kernel":
+                tasks[(pid, 0)] = (kernel_group(comm), ticks)
+            elif kind == "operator":
+                tasks[(pid, 0)] = ("operator (API server, reconciles, agent API)", ticks)
+            elif kind == "agent" and int(fields[16]) > 0:  # nice: a process kept ready
+                tasks[(pid, 0)] = ("agents: kept ready (nice 19)", ticks)
+            elif kind == "agent":
+                tasks[(pid, 0)] = (AGENT_TOTAL, ticks)
+                with contextlib.suppress(OSError):
+                    for tid in os.listdir(f"/proc/{pid}/task"):
+                        thread = self._stat(f"/proc/{pid}/task/{tid}/stat")
+                        if thread is not None and thread[0] in AGENT_THREADS:
+                            used = int(thread[1][11]) + int(thread[1][12])
+                            tasks[(pid, int(tid))] = (AGENT_THREADS[thread[0]], used)
+            else:
+                tasks[(pid, 0)] = (kind, ticks)
+        return CpuSample(time.time(), tuple(int(v) for v in machine), tasks)
+
+
+def kernel_group(comm: str) -> str:
+    """A kernel thread's group: a workqueue worker by the queue it last ran (its name's
+    suffix, digits dropped), the others by name."""
+    if comm.startswith("kworker/"):
+        queue = comm.partition("-")[2] if "-" in comm else ""
+        queue = re.sub(r"[\d:]+$", "", queue) or "idle"
+        return f"kernel: kworker ({queue})"
+    return "kernel: " + re.sub(r"[/\d:-]+$", "", comm)
+
+
+def cpu_during(samples: list[CpuSample], start: float, end: float) -> dict[str, Any]:
+    """CPU seconds per group between the last sample at or before `start` and the first at
+    or after `end`, and the machine's busy, iowait and steal shares over that window."""
+    if len(samples) < 2:
+        return {}
+    first = max([s for s in samples if s.at <= start] or samples[:1], key=lambda s: s.at)
+    last = min([s for s in samples if s.at >= end] or samples[-1:], key=lambda s: s.at)
+    latest: dict[tuple[int, int], tuple[str, int]] = {}
+    for sample in samples:
+        if first.at < sample.at <= last.at:
+            latest.update(sample.tasks)
+    tick = os.sysconf("SC_CLK_TCK")
+    groups: dict[str, float] = collections.defaultdict(float)
+    named = 0.0
+    for key, (group, ticks) in latest.items():
+        used = (ticks - first.tasks.get(key, (group, 0))[1]) / tick
+        groups[group] += used
+        if key[1] and group in AGENT_THREADS.values():
+            named += used
+    if AGENT_TOTAL in groups:
+        groups[AGENT_REST] = groups.pop(AGENT_TOTAL) - named
+    delta = [b - a for a, b in zip(first.machine, last.machine, strict=True)]
+    everything = max(1, sum(delta[:8]))  # user..steal (guest time is inside user)
+    window = last.at - first.at
+    return {
+        "window_s": window,
+        "machine_busy_pct": 100 * (everything - delta[3] - delta[4] - delta[7]) / everything,
+        "machine_iowait_pct": 100 * delta[4] / everything,
+        "machine_steal_pct": 100 * delta[7] / everything,
+        "groups_cpu_s": dict(sorted(groups.items(), key=lambda item: -item[1])),
+    }
+
+
 async def scenario(operator: Operator, lab: Lab, image: Image) -> dict[str, Any]:
     kubeconfig = operator.kubeconfig
     sh(current_kubectl(), "--kubeconfig", kubeconfig, "apply", "-f", lab.root / "manifests")
@@ -478,7 +652,8 @@ async def scenario(operator: Operator, lab: Lab, image: Image) -> dict[str, Any]
         samples: dict[str, list[float]] = {"api": [], "redfish": []}
         async with anyio.create_task_group() as probes:
             probes.start_soon(probe_latencies, client, lab, samples)
-            timeline = await provision_all(client, lab, image)
+            with CpuSampler(operator.pid, lab.root) as sampler:
+                timeline = await provision_all(client, lab, image)
             probes.cancel_scope.cancel()
         figures.update(Counters.read(operator).since(before))
         for what, seconds in samples.items():
@@ -489,7 +664,7 @@ async def scenario(operator: Operator, lab: Lab, image: Image) -> dict[str, Any]
         )
         figures["ceiling_rounds"] = CEILING_ROUNDS
         results = await deploy_results(client, lab)
-    return analyse(figures, timeline, results, ceiling_runs, lab)
+    return analyse(figures, timeline, results, ceiling_runs, lab, sampler.samples)
 
 
 def analyse(
@@ -498,6 +673,7 @@ def analyse(
     results: dict[str, dict[str, Any]],
     ceiling_runs: list[dict[str, Any]],
     lab: Lab,
+    cpu_samples: list[CpuSample] | None = None,
 ) -> dict[str, Any]:
     names = list(lab.hosts)
     provision = {n: timeline.provisioned[n] - timeline.patched[n] for n in names}
@@ -545,6 +721,9 @@ def analyse(
         ceiling_runs_MBps=[round(run["MBps"], 1) for run in ceiling_runs],
         ceiling_bytes_written=ceiling_runs[0]["bytes_written"],
     )
+    # Who used the machine during the writes' span, and how many writes ran at once there.
+    figures["span_cpu"] = cpu_during(cpu_samples or [], min(starts.values()), max(ends.values()))
+    figures["writes_in_flight_mean"] = sum(total.values()) / span
     figures["workers_busy_pct"] = (
         100 * figures["reconciles"] * figures["reconcile_mean_ms"] / 1000 / (CONCURRENCY * wall)
     )
@@ -606,6 +785,27 @@ def summary(f: dict[str, Any]) -> str:
     return "\n".join(["provisioning benchmark (" + ("quick" if QUICK else "full") + ")", *lines])
 
 
+def span_cpu_table(f: dict[str, Any]) -> str:
+    """CPU seconds per group over the writes' span (from the sampler), as a share of the
+    machine's cores over the samples' window."""
+    cpu = f.get("span_cpu") or {}
+    if not cpu:
+        return "no CPU samples"
+    cores = os.cpu_count() or 1
+    window = cpu["window_s"]
+    lines = [
+        f"CPU during the writes' span ({f['write_span_s']:.2f} s; samples {window:.2f} s apart; "
+        f"{f['writes_in_flight_mean']:.1f} writes in flight on average): machine busy "
+        f"{cpu['machine_busy_pct']:.0f} %, iowait {cpu['machine_iowait_pct']:.0f} %, "
+        f"steal {cpu['machine_steal_pct']:.0f} %"
+    ]
+    for group, seconds in cpu["groups_cpu_s"].items():
+        if seconds >= 0.005:
+            share = 100 * seconds / (cores * max(window, 1e-9))
+            lines.append(f"  {group:<56} {seconds:>7.2f} CPU s  {share:>4.0f} % of the machine")
+    return "\n".join(lines)
+
+
 def timelines(f: dict[str, Any]) -> str:
     """Per host, seconds since the first patch: its patch, agent start, deploy start and
     end, provisioned; sorted by deploy start."""
@@ -629,7 +829,7 @@ def test_provision_fleet(benchmark: Any, lab: Lab, image: Image, operator: Opera
 
     benchmark.pedantic(run, rounds=1, iterations=1)
     benchmark.extra_info.update({k: v for k, v in figures.items() if k != "per_host"})
-    print("\n" + timelines(figures) + "\n" + summary(figures))
+    print("\n" + timelines(figures) + "\n" + summary(figures) + "\n" + span_cpu_table(figures))
     for name, messages in figures["errors"].items():
         print(f"{name}: error(s) on the way, retried by the operator: {messages}")
     text = operator.log.read_text()

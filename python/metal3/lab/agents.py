@@ -13,6 +13,12 @@ Each host keeps one agent process started ahead of its next boot (`AgentLauncher
 -m metal3.lab.agents agent run ...` in the host's namespace, at the lowest CPU priority, that
 imports what the agent needs and then waits on its stdin. A boot tells it to go (it takes
 normal priority back and runs `metal3 agent run` with its arguments) and starts the next one.
+The lowest priority is set twice: the process's nice value, and its session's autogroup nice
+(`/proc/PID/autogroup`). With the kernel's autogroup scheduling on (most distributions), a
+process in a session of its own, as every lab agent is, gets a scheduling group of its own
+that competes with the others as one process, and its nice value only ranks it within that
+group: with the nice value alone, ten or fifty processes getting ready took as much CPU as
+the hosts' agents writing their images.
 Starting a Python interpreter and importing the agent took 0.3 to 1 s of each boot's CPU on a
 loaded 2-core machine, all of it between the BMC's power on and the agent's lookup: time the
 lab spent emulating, which a real ramdisk spends differently. A boot that finds no ready
@@ -138,6 +144,9 @@ class AgentLauncher:
         process = None
         if ready is not None and ready.poll() is None and ready.stdin is not None:
             _boot_line(self.spec.log_path, reason)
+            # Normal priority from now on, even if it is still importing (it raises its own
+            # too, once it reads the boot line).
+            _set_priority(ready.pid, 0)
             try:
                 ready.stdin.write(b"boot\n")
                 ready.stdin.close()
@@ -159,7 +168,23 @@ class AgentLauncher:
 
 def _ready_process_setup() -> None:
     _die_with_supervisor()
-    os.nice(19)  # getting ready must not slow down the hosts at work
+    _set_priority(0, 19)  # getting ready must not slow down the hosts at work
+
+
+def _set_priority(pid: int, nice: int) -> None:
+    """Set the nice value of `pid` (0: this process) and of its session's autogroup (see the
+    module doc); the session must be the process's own. Only system calls: callable between
+    fork and exec. Best effort: raising a priority needs CAP_SYS_NICE, and a kernel without
+    autogroups has no file to write."""
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, pid, nice)
+    try:
+        fd = os.open(f"/proc/{pid or 'self'}/autogroup", os.O_WRONLY)
+    except OSError:
+        return
+    with contextlib.suppress(OSError):
+        os.write(fd, b"%d" % nice)
+    os.close(fd)
 
 
 def _boot_line(log_path: Path, reason: str) -> None:
@@ -183,8 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if sys.stdin.buffer.readline().strip() != b"boot":
         return 0
-    with contextlib.suppress(OSError):  # raising the priority back needs CAP_SYS_NICE
-        os.setpriority(os.PRIO_PROCESS, 0, 0)
+    _set_priority(0, 0)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)

@@ -361,6 +361,15 @@ fn read_chunk(pool: &BlockPool, r: &mut dyn Read, what: &str) -> Result<Option<C
     Ok((!block.is_empty()).then(|| Arc::new(block)))
 }
 
+/// A stage's thread, named so that per-thread CPU figures (`top -H`, /proc/PID/task) say which
+/// stage spent it.
+fn spawn<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
+    thread::Builder::new()
+        .name(name.to_string())
+        .spawn(f)
+        .expect("failed to spawn a pipeline thread") // as thread::spawn does
+}
+
 /// Spawns the writer once the size is known and checked, so nothing is written before.
 struct Stages {
     target: Option<Target>,
@@ -387,7 +396,7 @@ impl Stages {
         let (wtx, wrx) = bounded::<WriterMsg>(QUEUE);
         let mut writer = BatchWriter::new(target, limit, self.written.clone());
         let failure = self.failure.clone();
-        self.writer = Some(thread::spawn(move || {
+        self.writer = Some(spawn("imgst-write", move || {
             let mut final_size = None;
             let res = (|| -> Result<()> {
                 for msg in wrx.iter() {
@@ -422,7 +431,7 @@ impl Stages {
                 let wtx = wtx.clone();
                 let failure = self.failure.clone();
                 let blocks = blocks.clone();
-                self.pool.push(thread::spawn(move || {
+                self.pool.push(spawn("imgst-inflate", move || {
                     let res = (|| -> Result<()> {
                         let mut inflater = Inflater::new();
                         for batch in jrx.iter() {
@@ -733,7 +742,7 @@ pub fn run(
         let algo = *algo;
         #[cfg(test)]
         let panic_at = opts.hasher_panics_at;
-        thread::spawn(move || {
+        spawn("imgst-hash", move || {
             let mut h = Hasher::new(algo);
             let mut tally = Tally::default();
             let chunks = rx.iter();
@@ -761,7 +770,7 @@ pub fn run(
         let progress = progress.clone();
         let mut r = opened.reader;
         let length = opened.length;
-        thread::spawn(move || {
+        spawn("imgst-read", move || {
             let pool = BlockPool::new(CHUNK, 4 * QUEUE);
             let res = (|| -> Result<u64> {
                 let mut total = 0u64;

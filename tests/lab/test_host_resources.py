@@ -1,0 +1,103 @@
+"""What a lab host costs the machine: its disk's loop device writes its file with direct I/O
+(where the file system allows it), like a disk with no page cache in front of it, and an
+agent process kept ready for the next boot runs at the lowest priority, in its own session
+and that session's CPU scheduling group (autogroup) too, until its boot gives it normal
+priority."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from metal3.lab import agents, disks
+
+MiB = 1 << 20
+
+
+def _direct_io_possible(folder: Path) -> bool:
+    probe = folder / "probe"
+    try:
+        fd = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_DIRECT, 0o600)
+    except OSError:
+        return False
+    os.close(fd)
+    probe.unlink()
+    return True
+
+
+def test_disk_loop_device_writes_its_file_directly(tmp_path: Path) -> None:
+    backing = tmp_path / "disk"
+    disks.make_sparse(backing, 16 * MiB)
+    device = disks.attach(backing)
+    try:
+        dio = Path(f"/sys/block/{Path(device).name}/loop/dio").read_text().strip()
+        assert dio == ("1" if _direct_io_possible(tmp_path) else "0")
+        data = os.urandom(64 * 1024)
+        fd = os.open(device, os.O_WRONLY)
+        try:
+            assert os.pwrite(fd, data, 4 * MiB) == len(data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with backing.open("rb") as handle:
+            handle.seek(4 * MiB)
+            assert handle.read(len(data)) == data
+    finally:
+        disks.detach(device)
+    assert device not in disks.loop_devices_over([backing])
+
+
+def _nice(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def _group(pid: int) -> tuple[str, int] | None:
+    """The autogroup and its nice (None: a kernel without autogroups)."""
+    try:
+        name, _, nice = Path(f"/proc/{pid}/autogroup").read_text().split()  # /autogroup-N nice M
+    except FileNotFoundError:
+        return None
+    return name, int(nice)
+
+
+class _ShellAgent(agents.AgentSpec):
+    """An agent whose process kept ready is a shell that waits for the boot line, then
+    sleeps: the launcher's part without a host namespace."""
+
+    def warm_argv(self) -> list[str]:
+        return ["sh", "-c", "read line; exec sleep 60"]
+
+
+def test_agent_kept_ready_yields_until_booted(tmp_path: Path) -> None:
+    """The process kept ready runs at nice 19 in a session of its own whose scheduling group
+    is at nice 19 too (ours untouched); its boot gives both normal priority back and starts
+    the next one."""
+    ours = _group(os.getpid())
+    spec = _ShellAgent(
+        namespace="unused", api_url="https://unused", ca_file=tmp_path / "ca.pem",
+        state_dir=tmp_path / "state", root=tmp_path / "root", macs=("02:00:00:00:00:01",),
+        log_path=tmp_path / "agent.log",
+    )  # fmt: skip
+    launcher = agents.AgentLauncher(spec)
+    launcher.prepare()
+    ready = launcher._ready
+    assert ready is not None
+    try:
+        assert _nice(ready.pid) == 19
+        assert os.getsid(ready.pid) == ready.pid  # a session of its own
+        group = _group(ready.pid)
+        assert (group is None) == (ours is None)
+        if group is not None and ours is not None:
+            assert group[0] != ours[0] and group[1] == 19
+        assert _group(os.getpid()) == ours
+        booted = launcher.start("test boot")
+        assert booted is ready  # not started afresh
+        assert _nice(booted.pid) == 0
+        assert _group(booted.pid) in (None, (group[0] if group else "", 0))
+        assert launcher._ready is not None and launcher._ready is not booted
+        assert _nice(launcher._ready.pid) == 19
+    finally:
+        launcher.close()
+        ready.send_signal(signal.SIGKILL)
+        ready.wait()

@@ -3,6 +3,7 @@
     metal3 lab up --data-dir DIR [--hosts N] [--unregistered M] ...
     metal3 lab status --data-dir DIR [--json]
     metal3 lab down --data-dir DIR
+    metal3 lab os-image --output FILE [--cache-dir DIR]
 
 Needs root (network namespaces, loop devices). Imports nothing heavy at module level: the lab
 is imported when the command runs.
@@ -26,7 +27,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "sushy-tools' emulator, or IPMI), disks on loop devices, NICs in network namespaces "
         "on a bridge in a lab namespace, an image server, and manifests to apply. Powering a "
         "host on with network or virtual-media boot starts `metal3 agent run` for it; booting "
-        "it from disk records what its config drive holds. Needs root."
+        "it from disk records what its config drive holds. With --vms, the hosts are QEMU "
+        "(TCG) virtual machines under the lab's own libvirtd instead. Needs root."
     )
     sub = parser.add_subparsers(dest="lab_command", metavar="ACTION", required=True)
 
@@ -40,7 +42,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "storage in turn.",
     )
     _data_dir(up)
-    up.add_argument("--hosts", type=int, default=4, help="hosts with manifests (default 4)")
+    up.add_argument("--hosts", type=int, help="hosts with manifests (default 4; none with --vms)")
+    up.add_argument(
+        "--vms",
+        type=int,
+        default=0,
+        metavar="N",
+        help="a lab of N QEMU (TCG) virtual machines under the lab's own libvirtd instead, "
+        "with sushy-tools' libvirt driver (Redfish, virtual media) and virtualbmc (IPMI) as "
+        "their BMCs: the first half (rounded up) redfish-virtualmedia, the rest IPMI",
+    )
+    up.add_argument(
+        "--ramdisk",
+        type=Path,
+        metavar="DIR",
+        help="with --vms: run the boot server (DHCP, TFTP, iPXE, HTTP) on the lab bridge for "
+        "every VM, serving this agent ramdisk (`metal3 ramdisk build --output DIR`)",
+    )
     up.add_argument(
         "--unregistered",
         type=int,
@@ -95,6 +113,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
     status.add_argument("--json", action="store_true", help="the whole status as JSON")
     status.set_defaults(func=run_status)
 
+    os_image = sub.add_parser(
+        "os-image",
+        help="write the test OS image (a qcow2 with cloud-init reading the config drive)",
+        description="Write a small bootable qcow2 built from Debian packages: a kernel, extlinux "
+        "(BIOS, MBR), systemd, cloud-init with the config drive as its datasource, and the "
+        "serial console, where a `metal3-os-image:` line reports what cloud-init did "
+        "(status, datasource, hostname, user-data sha256). Cached by its inputs' digest under "
+        "--cache-dir: the first build takes about two minutes (needs root and deb.debian.org), the "
+        "next is a copy.",
+    )
+    os_image.add_argument("--output", type=Path, required=True, help="the qcow2 file to write")
+    os_image.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="where built images are kept (default: $XDG_CACHE_HOME/metal3 or ~/.cache/metal3)",
+    )
+    os_image.add_argument("--json", action="store_true", help="print what was written as JSON")
+    os_image.set_defaults(func=run_os_image)
+
 
 def _data_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, required=True, help="the lab's folder")
@@ -111,7 +148,9 @@ def run_up(args: argparse.Namespace) -> int:
     from metal3.lab.status import up_summary
 
     config = LabConfig(
-        hosts=args.hosts,
+        hosts=args.hosts if args.hosts is not None else (0 if args.vms else 4),
+        vms=args.vms,
+        ramdisk=str(args.ramdisk.resolve()) if args.ramdisk else None,
         unregistered=args.unregistered,
         virtual_media_hosts=args.virtual_media_hosts,
         ipmi_hosts=args.ipmi_hosts,
@@ -180,4 +219,26 @@ def run_status(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:
         print(status_text(doc))
+    return 0
+
+
+def run_os_image(args: argparse.Namespace) -> int:
+    import logging
+
+    from metal3.lab.osimage import OsImageError, build_os_image
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    try:
+        image = build_os_image(args.output, cache_dir=args.cache_dir)
+    except OsImageError as exc:
+        return _fail(str(exc))
+    if args.json:
+        sys.stdout.write(json.dumps(image.to_json(), indent=2) + "\n")
+    else:
+        how = "from the cache" if image.from_cache else "built"
+        print(
+            f"{image.path}: {image.file_size / 2**20:.1f} MiB qcow2, virtual "
+            f"{image.virtual_size / 2**20:.0f} MiB, sha256 {image.sha256} ({how} in "
+            f"{image.seconds:.1f} s)"
+        )
     return 0

@@ -11,4 +11,8 @@ Modules, one job each: `config` (what was asked, the host plans), `profiles`, `n
 agent ISO), `relay`, `agents`, `osboot`, `hosts` (power and boot behaviour), `manifests`,
 `state` (lab.json), `layout` (the data directory), `resources` (journal and teardown),
 `supervisor` (the process that runs it all), `control` (up, down, status), `status` (text).
+
+`--vms N` makes hosts that are TCG virtual machines instead: `libvirtd` (the lab's own
+libvirtd and virtlogd, in the lab namespace), `vms` (domains, disks, consoles), `vmbmcs`
+(sushy-tools' libvirt driver and virtualbmc's `vbmcd`), `vmlab` (all of it, for the supervisor).
 """

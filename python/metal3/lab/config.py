@@ -7,6 +7,9 @@ when N >= 2, the rest `redfish`; Redfish hosts come first, then virtual media, t
 with network boot. Profiles go round robin (small, medium, storage) unless one is chosen. MACs
 are stable: `02:6d:33:HH:LL:NN` (a locally administered prefix, the host's index in two bytes,
 the NIC's number), so every `lab up` gives a host the same MACs.
+
+`--vms N` makes a lab of N virtual machines `vm-0..` instead (no process hosts): by default
+the first half, rounded up, `redfish-virtualmedia` and the rest `ipmi`; all take the VM profile.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from metal3.lab.profiles import PROFILES, Profile, profile_for
+from metal3.lab.profiles import PROFILES, VM_PROFILE, Profile, profile_for
 
 MAC_PREFIX = "02:6d:33"
 MAX_HOSTS = 200
@@ -34,17 +37,29 @@ class LabConfig:
     profile: str | None = None  # None: round robin
     power_delay: int = 1  # seconds until the Redfish emulator applies a power change
     namespace: str = "default"  # the Kubernetes namespace of the manifests
+    vms: int = 0  # > 0: a lab of this many virtual machines (and no process hosts)
+    ramdisk: str | None = None  # with vms: the lab's boot server serves this agent ramdisk
 
     def check(self) -> None:
-        if self.hosts < 0 or self.unregistered < 0 or self.hosts + self.unregistered < 1:
+        if self.vms < 0:
+            raise LabConfigError("--vms is a whole number >= 0")
+        if self.ramdisk is not None and not self.vms:
+            raise LabConfigError("--ramdisk is for a lab of virtual machines (--vms)")
+        if self.vms and (self.hosts or self.unregistered or self.profile is not None):
+            raise LabConfigError(
+                "--vms makes a lab of virtual machines only: no --hosts, --unregistered or "
+                "--profile with it"
+            )
+        if self.hosts < 0 or self.unregistered < 0 or self.hosts + self.unregistered + self.vms < 1:
             raise LabConfigError("a lab needs at least one host (--hosts / --unregistered)")
-        if self.hosts + self.unregistered > MAX_HOSTS:
+        if self.hosts + self.unregistered + self.vms > MAX_HOSTS:
             raise LabConfigError(f"a lab has at most {MAX_HOSTS} hosts")
         media, ipmi = self.kind_counts()
-        if media < 0 or ipmi < 0 or media + ipmi > self.hosts:
+        machines = self.vms or self.hosts
+        if media < 0 or ipmi < 0 or media + ipmi > machines:
+            what = f"--vms {self.vms}" if self.vms else f"--hosts {self.hosts}"
             raise LabConfigError(
-                f"--virtual-media-hosts {media} and --ipmi-hosts {ipmi} do not fit in "
-                f"--hosts {self.hosts}"
+                f"--virtual-media-hosts {media} and --ipmi-hosts {ipmi} do not fit in {what}"
             )
         if self.profile is not None and self.profile not in PROFILES:
             raise LabConfigError(
@@ -55,6 +70,11 @@ class LabConfig:
 
     def kind_counts(self) -> tuple[int, int]:
         """(redfish-virtualmedia hosts, ipmi hosts) among the registered ones."""
+        if self.vms:
+            vm_ipmi = self.vms // 2 if self.ipmi_hosts is None else self.ipmi_hosts
+            if self.virtual_media_hosts is None:
+                return self.vms - max(vm_ipmi, 0), vm_ipmi
+            return self.virtual_media_hosts, vm_ipmi
         media = self.virtual_media_hosts
         if media is None:
             media = 1 if self.hosts >= 2 else 0
@@ -93,6 +113,13 @@ class HostPlan:
 def plan_hosts(config: LabConfig) -> list[HostPlan]:
     config.check()
     media, ipmi = config.kind_counts()
+    if config.vms:
+        redfish = config.vms - media - ipmi
+        kinds = ["redfish"] * redfish + ["redfish-virtualmedia"] * media + ["ipmi"] * ipmi
+        return [
+            _plan(index, f"vm-{index}", kind, config, registered=True, profile=VM_PROFILE)
+            for index, kind in enumerate(kinds)
+        ]
     redfish = config.hosts - media - ipmi
     kinds = ["redfish"] * redfish + ["redfish-virtualmedia"] * media + ["ipmi"] * ipmi
     plans = []
@@ -104,12 +131,20 @@ def plan_hosts(config: LabConfig) -> list[HostPlan]:
     return plans
 
 
-def _plan(index: int, name: str, kind: str, config: LabConfig, *, registered: bool) -> HostPlan:
+def _plan(
+    index: int,
+    name: str,
+    kind: str,
+    config: LabConfig,
+    *,
+    registered: bool,
+    profile: Profile | None = None,
+) -> HostPlan:
     return HostPlan(
         index=index,
         name=name,
         kind=kind,
-        profile=profile_for(index, config.profile),
+        profile=profile or profile_for(index, config.profile),
         registered=registered,
         system_uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, f"https://metal3.io/lab/{name}")),
     )

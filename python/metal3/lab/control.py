@@ -23,7 +23,7 @@ from typing import Any
 from metal3.lab.config import LabConfig
 from metal3.lab.layout import LabPaths
 from metal3.lab.resources import Journal, lab_prefixes, leftovers, process_start_time, teardown
-from metal3.lab.state import LabInfo, LabStateError, load_lab, read_json, write_json
+from metal3.lab.state import LabInfo, LabStateError, VmInfo, load_lab, read_json, write_json
 
 SUPERVISOR_MODULE = "metal3.lab.supervisor"
 
@@ -209,7 +209,8 @@ def down(data_dir: Path, *, timeout: float = 60.0) -> DownResult:
 
 
 def status(data_dir: Path) -> dict[str, Any]:
-    """The lab and each host's state.json and os.json, as one document."""
+    """The lab and each host's state.json and os.json, as one document; for a VM host, its
+    domain's state (from the lab's libvirtd) and the last lines of its serial console."""
     data_dir = data_dir.resolve()
     info = load_lab(data_dir)
     paths = LabPaths(data_dir)
@@ -227,6 +228,7 @@ def status(data_dir: Path) -> dict[str, Any]:
                 "ip": host.ip,
                 "state": read_json(folder.state) or {},
                 "os": read_json(folder.os),
+                "vm": _vm_status(info.libvirt_uri, host.vm) if host.vm is not None else None,
             }
         )
     return {
@@ -237,6 +239,17 @@ def status(data_dir: Path) -> dict[str, Any]:
         "agent_api": {"listen": info.agent_api_listen, "lab_address": info.agent_api_lab_address},
         "images": {"url": info.images_url, "local_url": info.images_local_url},
         "hosts": hosts,
+    }
+
+
+def _vm_status(uri: str, vm: VmInfo) -> dict[str, Any]:
+    from metal3.lab import vms
+
+    return {
+        "domain": vm.domain,
+        "state": vms.state(uri, vm.domain),
+        "console_log": vm.console_log,
+        "console_tail": vms.console_tail(Path(vm.console_log)),
     }
 
 

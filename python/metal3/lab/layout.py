@@ -11,9 +11,13 @@ This layout is a contract with `metal3 standalone --lab DIR`, the demo and the t
   (`server.key`), for `metal3 standalone --lab DIR`
 - `images/`: the files the image server serves; `URL` (the hosts' base URL), `access.log`,
   `agent.iso`
-- `bmc/`: the Redfish emulator's and the IPMI simulators' files and logs
+- `bmc/`: the Redfish emulator's and the IPMI simulators' files and logs (a VM lab:
+  `bmc/sushy/`, sushy-tools' libvirt driver, and `bmc/vbmc/`, virtualbmc; `bmc/media/`, the
+  libvirt storage pool virtual media are uploaded to)
+- `libvirt/`: a VM lab's libvirtd and virtlogd: configuration, sockets, state and logs
+  (see `metal3.lab.libvirtd`)
 - `hosts/NAME/`: `disk0..N`, `profile.json`, `sysroot/`, `agent.log`, `agent-state/`,
-  `state.json`, `os.json`
+  `state.json`, `os.json`; a VM: `disk0..N` (raw), `domain.xml`, `console.log`
 - `manifests/NAME.yaml`: a BareMetalHost and its credentials Secret, per registered host
 """
 
@@ -68,6 +72,10 @@ class LabPaths:
         return self.root / "bmc"
 
     @property
+    def libvirt(self) -> Path:
+        return self.root / "libvirt"
+
+    @property
     def hosts(self) -> Path:
         return self.root / "hosts"
 
@@ -109,3 +117,11 @@ class HostPaths:
     @property
     def os(self) -> Path:
         return self.root / "os.json"
+
+    @property
+    def domain_xml(self) -> Path:
+        return self.root / "domain.xml"
+
+    @property
+    def console_log(self) -> Path:
+        return self.root / "console.log"

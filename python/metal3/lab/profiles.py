@@ -21,12 +21,12 @@ class DiskSpec:
     model: str
     vendor: str
     rotational: bool
-    tran: str  # sata | sas | nvme
+    tran: str  # sata | sas | nvme | virtio (VMs)
     physical_sector: int = 512
 
     @property
     def redfish_protocol(self) -> str:
-        return {"sata": "SATA", "sas": "SAS", "nvme": "NVMe"}[self.tran]
+        return {"sata": "SATA", "sas": "SAS", "nvme": "NVMe", "virtio": "PCIe"}[self.tran]
 
 
 @dataclass(frozen=True)
@@ -150,6 +150,26 @@ PROFILES: dict[str, Profile] = {
     )
 }
 """The profiles by name; hosts take them in this order, round robin, unless told one."""
+
+VM_PROFILE = Profile(
+    name="vm",
+    vendor="QEMU",
+    product="Standard PC (Q35 + ICH9, 2009)",
+    cpu_model="QEMU Virtual CPU",
+    cpus=1,
+    sockets=1,
+    cpu_max_mhz=0,
+    dimm_gib=(1,),
+    disks=(
+        DiskSpec(4 * GiB, "QEMU virtio 4G", "0x1af4", rotational=True, tran="virtio"),
+        DiskSpec(6 * GiB, "QEMU virtio 6G", "0x1af4", rotational=True, tran="virtio"),
+    ),
+    nics=1,
+    uefi=False,
+)
+"""The one profile of `lab up --vms` hosts (not in PROFILES: process hosts never take it):
+a TCG virtual machine of 1 vCPU and 1 GiB (TCG is CPU-heavy and the machines are shared),
+two virtio disks of different sizes (raw sparse files) and one virtio NIC, booting by BIOS."""
 
 
 def profile_for(index: int, chosen: str | None = None) -> Profile:

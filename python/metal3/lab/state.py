@@ -10,9 +10,15 @@ is ready, and removed when it is taken down. Its keys:
      "images": {"dir", "url" (hosts' base URL), "local_url" (http://127.0.0.1:PORT/)},
      "agent_iso_url" (what a BMC downloads for virtual media),
      "bmcs": {"redfish_url", "notify_url"},
+     "libvirt_uri" (a VM lab's libvirtd, `qemu:///system?socket=...`; "" otherwise),
      "hosts": [{"name", "namespace", "kind", "bmc_address", "credentials": {"username",
                 "password"}, "boot_mac", "macs", "ip", "profile", "disks", "loop_devices",
-                "registered", "manifest"}]}
+                "registered", "manifest",
+                "vm" (null for a process host): {"domain", "console_log", "memory_mib",
+                                                  "disk_sizes"}}]}
+
+A VM host's `namespace` is the lab namespace (its NIC is a tap on the lab bridge), its `disks`
+are the raw files behind its virtio disks and it has no loop devices.
 
 Per host, `hosts/NAME/state.json` is what the host is doing (power, boot device, what it
 booted, the agent's pid) and `hosts/NAME/os.json` what "booting the OS" found on its disk.
@@ -61,6 +67,33 @@ def read_json(path: Path) -> Any:
 
 
 @dataclass(frozen=True)
+class VmInfo:
+    """What a VM host is in libvirt: its domain, serial console log, memory and disk sizes."""
+
+    domain: str
+    console_log: str
+    memory_mib: int
+    disk_sizes: tuple[int, ...]
+
+    def to_json(self) -> JsonObject:
+        return {
+            "domain": self.domain,
+            "console_log": self.console_log,
+            "memory_mib": self.memory_mib,
+            "disk_sizes": list(self.disk_sizes),
+        }
+
+    @classmethod
+    def from_json(cls, raw: JsonObject) -> VmInfo:
+        return cls(
+            domain=str(raw["domain"]),
+            console_log=str(raw["console_log"]),
+            memory_mib=int(raw["memory_mib"]),
+            disk_sizes=tuple(int(s) for s in raw["disk_sizes"]),
+        )
+
+
+@dataclass(frozen=True)
 class LabHost:
     name: str
     namespace: str  # the host's network namespace
@@ -76,6 +109,7 @@ class LabHost:
     loop_devices: tuple[str, ...]
     registered: bool
     manifest: str | None
+    vm: VmInfo | None = None
 
     def to_json(self) -> JsonObject:
         return {
@@ -92,6 +126,7 @@ class LabHost:
             "loop_devices": list(self.loop_devices),
             "registered": self.registered,
             "manifest": self.manifest,
+            "vm": self.vm.to_json() if self.vm is not None else None,
         }
 
     @classmethod
@@ -111,6 +146,7 @@ class LabHost:
             loop_devices=tuple(str(d) for d in raw["loop_devices"]),
             registered=bool(raw["registered"]),
             manifest=raw.get("manifest"),
+            vm=VmInfo.from_json(raw["vm"]) if raw.get("vm") else None,
         )
 
 
@@ -133,6 +169,7 @@ class LabInfo:
     redfish_url: str
     notify_url: str
     hosts: tuple[LabHost, ...] = field(default=())
+    libvirt_uri: str = ""
 
     def host(self, name: str) -> LabHost:
         for host in self.hosts:
@@ -164,6 +201,7 @@ class LabInfo:
             },
             "agent_iso_url": self.agent_iso_url,
             "bmcs": {"redfish_url": self.redfish_url, "notify_url": self.notify_url},
+            "libvirt_uri": self.libvirt_uri,
             "hosts": [host.to_json() for host in self.hosts],
         }
 
@@ -190,6 +228,7 @@ class LabInfo:
             redfish_url=str(raw["bmcs"]["redfish_url"]),
             notify_url=str(raw["bmcs"]["notify_url"]),
             hosts=tuple(LabHost.from_json(h) for h in raw["hosts"]),
+            libvirt_uri=str(raw.get("libvirt_uri") or ""),
         )
 
 

@@ -49,6 +49,8 @@ def up_summary(info: LabInfo, data_dir: str, seconds: float) -> str:
 
 
 def status_text(doc: dict[str, Any]) -> str:
+    if any(host.get("vm") for host in doc["hosts"]):
+        return _vm_status_text(doc)
     running = "running" if doc["running"] else "NOT RUNNING (supervisor gone: `metal3 lab down`)"
     lines = [
         f"lab {doc['data_dir']}: {running}, supervisor pid {doc['supervisor_pid']}",
@@ -85,3 +87,27 @@ def status_text(doc: dict[str, Any]) -> str:
             ]
         )
     return "\n".join(lines + _table(rows))
+
+
+def _vm_status_text(doc: dict[str, Any]) -> str:
+    """A VM lab: each VM's power state as libvirt reports it, then its console's last lines."""
+    running = "running" if doc["running"] else "NOT RUNNING (supervisor gone: `metal3 lab down`)"
+    lines = [
+        f"lab {doc['data_dir']}: {running}, supervisor pid {doc['supervisor_pid']}",
+        f"network {doc['network']['namespace']} {doc['network']['subnet']}, "
+        f"agent API at {doc['agent_api']['lab_address']} -> {doc['agent_api']['listen']}",
+        "",
+    ]
+    rows = [["NAME", "KIND", "POWER", "BOOT MAC", "BMC"]]
+    for host in doc["hosts"]:
+        vm = host.get("vm") or {}
+        rows.append(
+            [host["name"], host["kind"], str(vm.get("state", "?")), host["boot_mac"],
+             host["bmc_address"]]
+        )  # fmt: skip
+    lines += _table(rows)
+    for host in doc["hosts"]:
+        vm = host.get("vm") or {}
+        lines += ["", f"{host['name']} console ({vm.get('console_log', '?')}):"]
+        lines += [f"  | {line}" for line in vm.get("console_tail") or ["(nothing yet)"]]
+    return "\n".join(lines)

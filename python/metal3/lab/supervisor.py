@@ -7,7 +7,9 @@ once started; see `metal3.lab.resources`): host plans, the network (lab namespac
 host namespaces, veths), disks (sparse files on loop devices), the agent API's TLS files, the
 image server (both listeners) and the agent ISO, the notification listener, the agent API
 relay, the BMCs, each host's recorded tree, the manifests; then hosts whose BMC starts powered
-on boot, and `lab.json` is written last. Any failure on the way removes everything made so
+on boot, and `lab.json` is written last. A VM lab (`--vms`, see `metal3.lab.vmlab`) makes no
+host namespaces, loop devices or recorded trees: after the relay come its libvirt daemons,
+domains and BMCs, then the manifests. Any failure on the way removes everything made so
 far; so does SIGTERM or SIGINT later.
 
 At run time the main thread runs an asyncio loop that owns every host (`metal3.lab.hosts`):
@@ -56,6 +58,7 @@ from metal3.lab.relay import Relay
 from metal3.lab.resources import Journal, teardown
 from metal3.lab.state import LabHost, LabInfo, write_json
 from metal3.lab.sysroot import TreeDisk, TreeNic, write_tree
+from metal3.lab.vmlab import VmLab
 from metal3.tls import TLSFiles, make_tls_files
 
 log = logging.getLogger("metal3.lab")
@@ -141,6 +144,7 @@ class Supervisor:
         self.redfish_password = ""
         self.polls: dict[str, int] = {}  # system uuid -> reads left for its pending change
         self._agent_iso_sha = ""
+        self.vm_lab: VmLab | None = None  # `--vms`: the VMs, their libvirt and BMCs
 
     # --- setup ---------------------------------------------------------------------------
 
@@ -151,6 +155,7 @@ class Supervisor:
         self.journal.add("lab", lab_id=self.lab_id, prefix=prefix, pid=os.getpid())
         self.plans = plan_hosts(self.config)
         lab_net = network.LabNetwork(prefix, network.choose_subnet(network.root_networks()))
+        vm_lab = self.config.vms > 0
         links = [
             network.HostLink(
                 namespace=f"{prefix}-{plan.name}",
@@ -159,13 +164,14 @@ class Supervisor:
                 port_prefix=f"h{plan.index}n",
             )
             for plan in self.plans
+            if not vm_lab
         ]
         for ns in [prefix, *(link.namespace for link in links)]:
             self.journal.add("netns", name=ns)
         network.create_lab_namespace(lab_net)
         network.create_host_namespaces(lab_net, links)
         log.info("network %s in %s: %d hosts", lab_net.subnet, prefix, len(links))
-        loop_devices = self._disks()
+        loop_devices = {} if vm_lab else self._disks()
         tls = self._agent_api_tls(lab_net.gateway)
         agent_port = _free_port()
         image_port = self._image_server(lab_net, agent_port, tls.ca_cert.read_bytes())
@@ -176,13 +182,30 @@ class Supervisor:
             lab_net.gateway, agent_port, namespace=lab_net.namespace
         )
         self.relay = Relay(relay_socket, (LOCALHOST, agent_port)).start()
-        self._bmcs(notify_url)
-        assert self.bmcs is not None
         api_url = f"https://{lab_net.gateway}:{agent_port}"
-        cmdline = agent_cmdline(api_url, tls.ca_cert.read_bytes())
-        iso_sha = self._agent_iso_sha
-        for plan, link in zip(self.plans, links, strict=True):
-            self._host(plan, link, loop_devices[plan.name], api_url, cmdline, iso_sha, tls.ca_cert)
+        if vm_lab:
+            self._vms(lab_net)
+            assert self.vm_lab is not None
+            redfish_url = self.vm_lab.redfish_url
+            if self.config.ramdisk:
+                boot_url = self.vm_lab.start_boot_server(
+                    Path(self.config.ramdisk), api_url, tls.ca_cert, self.journal.process
+                )
+                log.info("boot server at %s serving %s", boot_url, self.config.ramdisk)
+                self.vm_lab.write_agent_iso(
+                    Path(self.config.ramdisk),
+                    f"{agent_cmdline(api_url, tls.ca_cert.read_bytes())} console=ttyS0",
+                    self.paths.agent_iso,
+                )
+        else:
+            self._bmcs(notify_url)
+            assert self.bmcs is not None
+            redfish_url = self.bmcs.redfish_url
+            cmdline = agent_cmdline(api_url, tls.ca_cert.read_bytes())
+            iso_sha = self._agent_iso_sha
+            for plan, link in zip(self.plans, links, strict=True):
+                loops = loop_devices[plan.name]
+                self._host(plan, link, loops, api_url, cmdline, iso_sha, tls.ca_cert)
         self.info = LabInfo(
             lab_id=self.lab_id,
             supervisor_pid=os.getpid(),
@@ -198,9 +221,10 @@ class Supervisor:
             images_url=f"http://{lab_net.gateway}:{image_port}/",
             images_local_url=f"http://{LOCALHOST}:{image_port}/",
             agent_iso_url=f"http://{LOCALHOST}:{image_port}/agent.iso",
-            redfish_url=self.bmcs.redfish_url,
+            redfish_url=redfish_url,
             notify_url=notify_url,
             hosts=tuple(self.lab_hosts),
+            libvirt_uri=self.vm_lab.uri if self.vm_lab else "",
         )
         log.info("lab %s set up in %.2f s", self.lab_id, time.monotonic() - started)
 
@@ -260,6 +284,14 @@ class Supervisor:
         self.images.serve("local", local)
         self.paths.images_url.write_text(f"http://{lab_net.gateway}:{port}/\n")
         return port
+
+    def _vms(self, lab_net: network.LabNetwork) -> None:
+        """The VM lab: libvirt daemons in the lab namespace, domains, BMCs, manifests."""
+        self.vm_lab = VmLab(self.paths, lab_net)
+        self.lab_hosts = self.vm_lab.start(self.plans, self.journal.process)
+        for host in self.lab_hosts:
+            if host.manifest is not None:
+                write_host_manifest(Path(host.manifest), host, self.config.namespace)
 
     def _notify_server(self) -> None:
         self.notify = _NotifyServer(self)
@@ -417,10 +449,11 @@ class Supervisor:
         """Boot the hosts that start powered on, write lab.json, run until told to stop."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self.stopping.set)
-        assert self.bmcs is not None and self.info is not None
+        assert self.info is not None
+        bmcs = self.bmcs.plans if self.bmcs is not None else {}  # a VM lab has none of these
         for plan in self.plans:
-            bmc = self.bmcs.plans[plan.name]
-            if bmc.power_on:
+            bmc = bmcs.get(plan.name)
+            if bmc is not None and bmc.power_on:
                 self.hosts[plan.name].on_report(
                     BmcReport(power="on", boot_device="pxe", event="powered on at lab start")
                 )
@@ -437,6 +470,7 @@ class Supervisor:
             with contextlib.suppress(Exception):
                 host.stop()
         for stop in (
+            self.vm_lab.stop if self.vm_lab else None,
             self.bmcs.stop if self.bmcs else None,
             self.relay.stop if self.relay else None,
             self.images.stop if self.images else None,

@@ -1,0 +1,141 @@
+"""The lab's virtual machines (`metal3 lab up --vms N`): their libvirt domains, disks and
+serial consoles.
+
+Each VM is a `type='qemu'` domain (TCG, never KVM: `/dev/kvm` here is a hypervisor that stock
+kernels run slower under, and `-cpu host` aborts) with the VM profile (see
+`metal3.lab.profiles.VM_PROFILE`): its disks are raw sparse files `DIR/hosts/NAME/diskN`
+(virtio, with stable serial numbers), its one virtio NIC has the host's stable MAC on the lab
+bridge, its BIOS (SeaBIOS) and serial console write to `DIR/hosts/NAME/console.log` (appended
+across boots), and it boots from the network first, then the first disk, until its BMC sets
+another boot device. The domain's UUID is the host's system UUID (so SMBIOS, Redfish and the
+agent all see the same one); its name is the host's name.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+from metal3.lab.libvirtd import LibvirtError, virsh
+from metal3.lab.profiles import disk_serial
+
+EMULATOR = "/usr/bin/qemu-system-x86_64"
+MACHINE = "q35"  # sushy-tools puts virtual media CDs on its SATA controller
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    name: str
+    uuid: str
+    memory_mib: int
+    cpus: int
+    mac: str
+    bridge: str
+    disks: tuple[tuple[Path, int], ...]  # (raw file, size in bytes), in boot order
+    console_log: Path
+
+
+def domain_xml(vm: VmSpec) -> str:
+    """The libvirt domain definition of `vm`."""
+    domain = ET.Element("domain", type="qemu")
+    ET.SubElement(domain, "name").text = vm.name
+    ET.SubElement(domain, "uuid").text = vm.uuid
+    ET.SubElement(domain, "memory", unit="MiB").text = str(vm.memory_mib)
+    ET.SubElement(domain, "vcpu").text = str(vm.cpus)
+    os_element = ET.SubElement(domain, "os")
+    ET.SubElement(os_element, "type", arch="x86_64", machine=MACHINE).text = "hvm"
+    ET.SubElement(os_element, "bios", useserial="yes")  # SeaBIOS writes to the serial port
+    features = ET.SubElement(domain, "features")
+    ET.SubElement(features, "acpi")
+    ET.SubElement(features, "apic")
+    ET.SubElement(domain, "clock", offset="utc")
+    for event, action in (("poweroff", "destroy"), ("reboot", "restart"), ("crash", "destroy")):
+        ET.SubElement(domain, f"on_{event}").text = action
+    devices = ET.SubElement(domain, "devices")
+    ET.SubElement(devices, "emulator").text = EMULATOR
+    nic = ET.SubElement(devices, "interface", type="bridge")
+    ET.SubElement(nic, "mac", address=vm.mac)
+    ET.SubElement(nic, "source", bridge=vm.bridge)
+    ET.SubElement(nic, "model", type="virtio")
+    ET.SubElement(nic, "boot", order="1")
+    for index, (path, _size) in enumerate(vm.disks):
+        disk = ET.SubElement(devices, "disk", type="file", device="disk")
+        ET.SubElement(disk, "driver", name="qemu", type="raw", cache="unsafe")
+        ET.SubElement(disk, "source", file=str(path))
+        ET.SubElement(disk, "target", dev=f"vd{chr(ord('a') + index)}", bus="virtio")
+        ET.SubElement(disk, "serial").text = disk_serial(vm.name, index)
+        if index == 0:
+            ET.SubElement(disk, "boot", order="2")
+    serial = ET.SubElement(devices, "serial", type="file")
+    ET.SubElement(serial, "source", path=str(vm.console_log), append="on")
+    ET.SubElement(serial, "target", port="0")
+    ET.SubElement(ET.SubElement(devices, "video"), "model", type="none")
+    ET.SubElement(devices, "memballoon", model="none")
+    return ET.tostring(domain, encoding="unicode")
+
+
+def make_disks(vm: VmSpec) -> None:
+    """Each disk a new sparse file of its size (reads as zeros, takes no space until written)."""
+    for path, size in vm.disks:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as handle:
+            handle.truncate(size)
+
+
+def define(uri: str, vm: VmSpec, xml_path: Path) -> None:
+    """Write the domain XML to `xml_path` and define the domain from it (shut off)."""
+    xml_path.write_text(domain_xml(vm))
+    virsh(uri, "define", str(xml_path))
+
+
+def state(uri: str, name: str) -> str:
+    """The domain's state as virsh words it (`running`, `shut off`, ...); `unknown` when
+    libvirt cannot be asked."""
+    try:
+        return virsh(uri, "domstate", name, timeout=10).strip() or "unknown"
+    except LibvirtError:
+        return "unknown"
+
+
+def destroy_all(uri: str) -> list[str]:
+    """Power off (destroy) every running domain; their names."""
+    names = [line.strip() for line in virsh(uri, "list", "--name").splitlines() if line.strip()]
+    for name in names:
+        virsh(uri, "destroy", name)
+    return names
+
+
+def console_tail(path: Path, lines: int = 5, max_bytes: int = 16384) -> list[str]:
+    """The last `lines` non-empty lines of a console log, control sequences removed."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - max_bytes))
+            raw = handle.read()
+    except OSError:
+        return []
+    text = raw.decode("utf-8", errors="replace")
+    cleaned = [_printable(line) for line in text.replace("\r", "\n").split("\n")]
+    return [line for line in cleaned if line.strip()][-lines:]
+
+
+def _printable(line: str) -> str:
+    """`line` without ANSI escape sequences and other control characters."""
+    out = []
+    index = 0
+    while index < len(line):
+        char = line[index]
+        if char == "\x1b":
+            index += 1
+            if index < len(line) and line[index] == "[":
+                index += 1
+                while index < len(line) and not ("@" <= line[index] <= "~"):
+                    index += 1
+            index += 1
+            continue
+        if char >= " " or char == "\t":
+            out.append(char)
+        index += 1
+    return "".join(out).rstrip()

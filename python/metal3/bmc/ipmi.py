@@ -10,7 +10,11 @@ pyghmi's pitfalls and what this module does about them:
 - concurrent use of one BMC's session can hang: calls to one BMC are serialised by a per-BMC
   lock (taken in the worker thread, bounded by the same deadline);
 - a second client to the same BMC hangs when credentials are `str`: they are passed as bytes,
-  which also lets pyghmi reuse its logged-in session inside a worker.
+  which also lets pyghmi reuse its logged-in session inside a worker;
+- it proposes cipher suite 17 (SHA-256) first and crashes on BMCs that accept it but answer
+  RAKP with SHA-1 (virtualbmc, some real ones): such a login is asked again with suite 3
+  (SHA-1) only, and the suite a BMC logged in with is remembered per BMC for the process, so
+  later sessions go straight to it.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ from metal3.bmc.interface import (
     PowerState,
 )
 from metal3.bmc.ipmiworkers import (
+    SUITE_SHA1,
+    SUITE_SHA256,
     IPMIRequest,
     WorkerFailure,
     WorkerPool,
@@ -80,6 +86,33 @@ def _bmc_lock(key: tuple[str, int]) -> threading.Lock:
         return lock
 
 
+# The cipher suite each BMC (host, port) last logged in with; read and written under its lock.
+_suites: dict[tuple[str, int], int] = {}
+_SUITE_NAMES = {SUITE_SHA256: "SHA-256", SUITE_SHA1: "SHA-1"}
+
+
+def known_cipher_suite(host: str, port: int) -> int | None:
+    """The cipher suite this process last logged in to the BMC at (host, port) with, if any."""
+    return _suites.get((host, port))
+
+
+def _remember_suite(key: tuple[str, int], suite: int, fell_back: bool) -> None:
+    """Record the suite a BMC logged in with; log it the first time and whenever it changes."""
+    if suite == 0 or _suites.get(key) == suite:
+        return
+    _suites[key] = suite
+    host, port = key
+    why = " (its RAKP failed with suite 17, SHA-256)" if fell_back else ""
+    log.info(
+        "IPMI BMC %s port %d: using cipher suite %d (%s)%s",
+        host,
+        port,
+        suite,
+        _SUITE_NAMES.get(suite, "?"),
+        why,
+    )
+
+
 class IPMIBMC(BMC):
     """One IPMI BMC over RMCP+ (lanplus)."""
 
@@ -113,18 +146,34 @@ class IPMIBMC(BMC):
         if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             raise WorkerTimeout("an earlier call to this BMC is still running")
         try:
-            request = IPMIRequest(
-                host=self.address.host,
-                port=self.address.ipmi_port,
-                user=self._user,
-                password=self._password,
-                privilege=self._privilege,
-                operation=operation,
-                args=args,
-            )
-            return (self._pool or default_pool()).call(request, deadline)
+            pool = self._pool or default_pool()
+            known = _suites.get(self._key)
+            suite = SUITE_SHA1 if known == SUITE_SHA1 else SUITE_SHA256
+            fell_back = False
+            try:
+                reply = pool.call(self._request(operation, args, suite), deadline)
+            except WorkerFailure as exc:
+                if exc.kind != "cipher":
+                    raise
+                # Its failure, if any, is the one reported (a wrong password, say).
+                reply = pool.call(self._request(operation, args, SUITE_SHA1), deadline)
+                fell_back = True
+            _remember_suite(self._key, reply.cipher_suite, fell_back)
+            return reply.value
         finally:
             lock.release()
+
+    def _request(self, operation: str, args: tuple[Any, ...], suite: int) -> IPMIRequest:
+        return IPMIRequest(
+            host=self.address.host,
+            port=self.address.ipmi_port,
+            user=self._user,
+            password=self._password,
+            privilege=self._privilege,
+            operation=operation,
+            args=args,
+            cipher_suite=suite,
+        )
 
     async def _call(self, operation: str, *args: Any) -> Any:
         deadline = time.monotonic() + self._call_timeout

@@ -6,12 +6,19 @@ and while one thread's login to a dead BMC is failing, other threads' logins can
 process pyghmi runs single-threaded, the way it works reliably; the caller waits on a pipe with
 a deadline, and a worker that misses it is killed, taking any half-made session with it. So a
 dead or hung BMC costs its caller the deadline and one process restart, nobody else anything.
+
+Cipher suites: pyghmi proposes suite 17 (SHA-256) and moves to suite 3 (SHA-1) only when the
+BMC refuses the proposal. Some BMCs (virtualbmc, which is pyghmi's own server, and some real
+ones) accept 17 and then answer RAKP with SHA-1, and pyghmi's login crashes (`struct.error`).
+A worker reports such a login as kind "cipher" and is then replaced (the crash leaves pyghmi's
+login table half-done), so the caller can ask again with `cipher_suite=SUITE_SHA1`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -22,6 +29,10 @@ from typing import Any
 
 #: upper bound of worker processes (the global IPMI concurrency)
 DEFAULT_POOL_SIZE = 16
+#: RAKP-HMAC-SHA256, HMAC-SHA256-128, AES-CBC-128: pyghmi's first proposal
+SUITE_SHA256 = 17
+#: RAKP-HMAC-SHA1, HMAC-SHA1-96, AES-CBC-128
+SUITE_SHA1 = 3
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,17 @@ class IPMIRequest:
     privilege: int
     operation: str
     args: tuple[Any, ...] = ()
+    #: SUITE_SHA256: pyghmi's default (falls back to SHA-1 if the BMC refuses SHA-256);
+    #: SUITE_SHA1: propose only SHA-1
+    cipher_suite: int = SUITE_SHA256
+
+
+@dataclass(frozen=True)
+class IPMIReply:
+    """An operation's result and the cipher suite its session logged in with (0: unknown)."""
+
+    value: Any
+    cipher_suite: int
 
 
 class WorkerFailure(Exception):
@@ -51,19 +73,83 @@ class WorkerTimeout(Exception):
     """No worker answered before the deadline (the busy one was killed)."""
 
 
+class _CipherMismatch(Exception):
+    """The SHA-256 login failed in RAKP the way a BMC answering with SHA-1 makes it fail."""
+
+
 # -- worker side (runs in the child process) -----------------------------------------------------
 
+# (host, port) of the BMCs this worker logs in to with cipher suite 3 only
+_sha1_only: set[tuple[str, int]] = set()
 
-def _perform(request: IPMIRequest) -> Any:
+
+def _install_suite_choice() -> None:
+    """Make pyghmi's client log in to the BMCs in `_sha1_only` with cipher suite 3 only.
+
+    pyghmi's client has no public way to choose the cipher suite. Each login (also its
+    re-logins and privilege downgrades) starts in `Session._initsession`, which sets
+    `attemptedhash = 256` (propose SHA-256); `attemptedhash = 1` is the state pyghmi itself
+    moves to when a BMC refuses SHA-256. This wraps that one method and is, with
+    `_suite_logged_in`, the only use of pyghmi internals here (as of pyghmi 1.6.19).
+    """
+    from pyghmi.ipmi.private import session as pyghmi_session
+
+    original = pyghmi_session.Session._initsession
+    if getattr(original, "_metal3_suite_choice", False):
+        return
+
+    def _initsession(self: Any) -> None:
+        original(self)
+        if (self.bmc, self.port) in _sha1_only:
+            self.attemptedhash = 1
+
+    _initsession._metal3_suite_choice = True  # type: ignore[attr-defined]
+    pyghmi_session.Session._initsession = _initsession
+
+
+def _suite_logged_in(command: Any) -> int:
+    """The cipher suite of a logged-in pyghmi client (its `integrityalgo`: 256 or 1)."""
+    algo = getattr(command.ipmi_session, "integrityalgo", None)
+    return {256: SUITE_SHA256, 1: SUITE_SHA1}.get(algo, 0) if isinstance(algo, int) else 0
+
+
+def _login(request: IPMIRequest) -> Any:
+    from pyghmi import exceptions as pyghmi_exc
     from pyghmi.ipmi import command as ipmi_command
 
-    session = ipmi_command.Command(
-        bmc=request.host,
-        userid=request.user,
-        password=request.password,
-        port=request.port,
-        privlevel=request.privilege,
-    )
+    _install_suite_choice()
+    key = (request.host, request.port)
+    if request.cipher_suite == SUITE_SHA1:
+        _sha1_only.add(key)
+    else:
+        _sha1_only.discard(key)
+    try:
+        return ipmi_command.Command(
+            bmc=request.host,
+            userid=request.user,
+            password=request.password,
+            port=request.port,
+            privlevel=request.privilege,
+        )
+    except struct.error as exc:  # RAKP 2 or 4 shorter than a SHA-256 one
+        if request.cipher_suite == SUITE_SHA256:
+            raise _CipherMismatch(str(exc)) from exc
+        raise
+    except pyghmi_exc.IpmiException as exc:
+        # A wrong password is not retried (lockouts); a RAKP 4 that fails its integrity
+        # check after RAKP 2 proved the password means the BMC hashes with something else.
+        if request.cipher_suite == SUITE_SHA256 and "RAKP4 integrity" in str(exc):
+            raise _CipherMismatch(str(exc)) from exc
+        raise
+
+
+def _perform(request: IPMIRequest) -> tuple[Any, int]:
+    """(result, cipher suite); plain tuples, as the worker's classes live in its `__main__`."""
+    session = _login(request)
+    return _operate(session, request), _suite_logged_in(session)
+
+
+def _operate(session: Any, request: IPMIRequest) -> Any:
     operation, args = request.operation, request.args
     if operation == "raw":
         netfn, command = args
@@ -109,7 +195,9 @@ def worker_main(conn: Connection) -> None:
         except (EOFError, OSError):
             return
         try:
-            reply: tuple[Any, ...] = ("ok", _perform(request))
+            reply: tuple[Any, ...] = ("ok", *_perform(request))
+        except _CipherMismatch as exc:
+            reply = ("error", "cipher", str(exc), 0)
         except pyghmi_exc.IpmiException as exc:
             reply = ipmi_failure(exc)
         except pyghmi_exc.InvalidParameterValue as exc:
@@ -195,7 +283,7 @@ class WorkerPool:
             self._count -= 1
             self._cond.notify()
 
-    def call(self, request: IPMIRequest, deadline: float) -> Any:
+    def call(self, request: IPMIRequest, deadline: float) -> IPMIReply:
         """Blocking: run `request` in a worker; WorkerTimeout at `deadline` (monotonic)."""
         worker = self._acquire(deadline)
         try:
@@ -206,10 +294,14 @@ class WorkerPool:
         except BaseException:
             self._dispose(worker)  # killed: its half-made session dies with it
             raise
-        self._release(worker)
         if reply[0] == "ok":
-            return reply[1]
+            self._release(worker)
+            return IPMIReply(reply[1], int(reply[2]))
         _, kind, message, code = reply
+        if kind == "cipher":
+            self._dispose(worker)  # pyghmi's login table still holds the crashed login
+        else:
+            self._release(worker)
         raise WorkerFailure(kind, message, code)
 
     def close(self) -> None:

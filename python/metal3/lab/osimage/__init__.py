@@ -36,9 +36,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from metal3.lab.osimage.build import OsImage, build_os_image, cache_key, default_cache_dir
+from metal3.lab.osimage.build import OsImage, build_os_image, cache_key
 from metal3.lab.osimage.files import REPORT_PREFIX
 from metal3.lab.osimage.tools import OsImageError
+from metal3.ramdisk.cache import default_cache_dir
 
 __all__ = [
     "REPORT_PREFIX",

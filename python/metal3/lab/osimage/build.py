@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from typing import Any
 
 from metal3.lab.osimage import disk, files, rootfs
 from metal3.lab.osimage.tools import OsImageError, require, run
+from metal3.ramdisk.cache import default_cache_dir, digest, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +46,6 @@ TOOLS = (
     "extlinux",
     "qemu-img",
 )
-
-
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/metal3`` (``~/.cache/metal3`` by default)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "metal3"
 
 
 @dataclass(frozen=True)
@@ -84,24 +78,11 @@ class OsImage:
 def cache_key(*, mirror: str = rootfs.MIRROR, suite: str = rootfs.SUITE) -> str:
     """The digest of everything the image is made from (the mirror's current packages aside:
     a new kernel or security update is picked up by clearing the cache)."""
-    h = hashlib.sha256()
     parts: list[str | bytes] = ["metal3-os-image", mirror, suite]
     parts += [*rootfs.PACKAGES, "|", *rootfs.MODULES, "|", *rootfs.TRIM, "|", *files.all_texts()]
     for source in (rootfs.__file__, disk.__file__, files.__file__, __file__):
         parts.append(Path(source or "").read_bytes())
-    for part in parts:
-        data = part.encode() if isinstance(part, str) else part
-        h.update(len(data).to_bytes(8, "big"))
-        h.update(data)
-    return h.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    return digest(*parts)
 
 
 def cached(cache_dir: Path, key: str) -> tuple[Path, dict[str, Any]] | None:

@@ -570,3 +570,46 @@ def test_local_macs_are_the_machines_as_ip_reports_them() -> None:
         }
     )
     assert local_macs() == expected
+
+
+@pytest.mark.anyio
+async def test_the_runner_stops_when_the_operator_ends_its_session(
+    apiserver: ServerProcess, tmp_path: Path
+) -> None:
+    """After its inspection, the agent waits; the provisioner ends its session (the power off
+    at the end of inspection) and the host moves on to cleaning: the agent is told its session
+    is over and exits without looking up again or cleaning."""
+    cleanings: list[int] = []
+    namespace = f"t-{secrets.token_hex(4)}"
+    async with serving(apiserver.kubeconfig, namespace, tmp_path, poll_seconds=1.0) as h:
+        h.api.agent_boot_required = True
+        host = await h.create_host("h1", MAC_A)
+        seen = await h.set_status("h1", "inspecting")
+        await h.wait_seen("h1", seen["metadata"]["resourceVersion"])
+        await h.api.records.expect_agent(host)
+        runner = Runner(
+            RunnerOptions(
+                api_url=h.url, ca_file=h.ca_file, state_dir=tmp_path / "state", macs=[MAC_A],
+                handlers={"inspect": lambda args: {"hostname": "h1"},
+                          "clean": lambda args: cleanings.append(1) or {}},
+                lookup_interval=0.2,
+            )
+        )  # fmt: skip
+        async with anyio.create_task_group() as tg:
+            exit_codes: list[int] = []
+
+            async def run() -> None:
+                exit_codes.append(await anyio.to_thread.run_sync(runner.run))
+
+            tg.start_soon(run)
+            with anyio.fail_after(60):
+                while not (await AgentRecords(h.client).get(host)).results:
+                    await anyio.sleep(0.1)
+            await h.api.records.agent_gone(host)
+            await h.set_status("h1", "preparing")
+            await h.api.records.expect_agent(host)  # the cleaning boot is on its way
+        runner.client.close()
+        assert exit_codes == [0]
+        assert cleanings == []
+        record = await AgentRecords(h.client).get(host)
+        assert not record.token_hash  # the lagging agent took no token of the next boot

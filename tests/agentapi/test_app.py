@@ -283,6 +283,39 @@ async def test_acknowledging_a_terminal_command_rotates_the_token(
         assert refused.status == 403 and "'provisioned'" in refused.message
 
 
+async def test_an_ended_session_is_told_so_even_after_the_next_agent_boot(
+    kubeconfig: Path, namespace: str, tmp_path: Path
+) -> None:
+    """The provisioner ends the agent's session before it powers the host off (`agent_gone`).
+    An agent still up after that (its BMC said off before the power was cut) is refused with
+    410 on every call, also once the next boot is expected, so it can never take that boot's
+    token and work; the next boot's agent gets a new token as usual."""
+    async with serving(kubeconfig, namespace, tmp_path) as h:
+        h.api.agent_boot_required = True
+        host = await h.create_host("h1", MAC_A, state="inspecting")
+        await h.api.records.expect_agent(host)
+        uid, old = await lookup(h, MAC_A)
+        assert old is not None
+        agent = h.agent()
+        assert (await h.call(lambda: agent.command(uid, old)))["command"] == "inspect"
+        await h.api.records.agent_gone(host)  # the power off for the end of inspection
+        ended = await h.refused(lambda: agent.command(uid, old))
+        assert ended.status == 410 and "session is over" in ended.message
+        patched = await h.set_status("h1", "preparing")
+        await h.wait_seen("h1", patched["metadata"]["resourceVersion"])
+        await h.api.records.expect_agent(host)  # the boot for cleaning
+        ended = await h.refused(lambda: agent.command(uid, old))
+        assert ended.status == 410
+        refused = await h.refused(lambda: agent.post_result(uid, old, "clean-" + "0" * 24, "ok"))
+        assert refused.status == 410
+        _, fresh = await lookup(h, MAC_A)  # the new boot's agent
+        assert fresh is not None and fresh != old
+        assert (await h.call(lambda: agent.command(uid, fresh)))["command"] == "clean"
+        assert (await h.refused(lambda: agent.command(uid, old))).status == 410
+        record = await h.api.records.get(host)
+        assert len(record.ended_tokens) == 1 and record.token_from_booted_agent
+
+
 async def test_no_token_where_no_agent_runs_or_before_the_agent_boot(
     kubeconfig: Path, namespace: str, tmp_path: Path
 ) -> None:

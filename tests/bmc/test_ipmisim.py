@@ -128,4 +128,7 @@ def test_a_packet_queued_for_a_session_that_is_gone_is_answered_not_fatal() -> N
         assert ipmi_session.Session.bmc_handlers[address][port] is not session
     del ipmi_session.Session.bmc_handlers[address]
     del ipmi_session.Session.bmc_handlers[bmc.serversocket]
+    # pyghmi's I/O thread selects on every socket in its shared list: closing one still listed
+    # kills the thread with EBADF (and with it every later pyghmi session of this process).
+    ipmi_session.iosockets.remove(bmc.serversocket)
     bmc.serversocket.close()

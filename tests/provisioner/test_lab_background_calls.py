@@ -7,6 +7,12 @@ for inspection was left unclaimed (the next reconcile found the host on and its 
 and the boot for cleaning a few seconds later took it as its own: no request reached the BMC,
 and the host waited `power_timeout` for a power on nobody had asked for (seen in the
 benchmark as a setup of two minutes). The limit below is well under `power_timeout`.
+
+Each host's agent also goes on for 3 s after its BMC reports it off (`--power-off-lag`), as
+the IPMI simulator's hosts did under load (its answer comes before the lab hears of it): the
+inspection boot's agent, still up as the host became `preparing`, was handed the cleaning and
+the cleaning boot cleaned again. The provisioner now ends the agent's session before it asks
+for a power off: the agent is told so (410) and exits.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ HOSTS = ("host-0", "host-1", "host-2")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabRun]:
     """host-0 Redfish (network boot), host-1 Redfish virtual media, host-2 IPMI."""
     data_dir = tmp_path_factory.mktemp("background-calls-lab")
-    with lab_up(data_dir, "--hosts", "3", "--power-delay", "0") as run:
+    with lab_up(data_dir, "--hosts", "3", "--power-delay", "0", "--power-off-lag", "3") as run:
         yield run
 
 

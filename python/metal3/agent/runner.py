@@ -51,6 +51,11 @@ MIN_POLL_INTERVAL = 0.5  # seconds between two command requests, however quick t
 PROGRESS_INTERVAL = 2.0  # seconds between deploy progress reports
 
 
+class SessionEndedError(AgentError):
+    """The operator ended this agent's session (410): the host is being powered off, and the
+    work from here on belongs to the agent it boots next."""
+
+
 class TokenUnavailableError(AgentError):
     """The operator holds a token for this host that this agent does not have."""
 
@@ -471,6 +476,8 @@ class Runner:
             try:
                 return retrying(lambda: call(self.state.host_uid, self.state.token), what)
             except AgentApiError as exc:
+                if exc.status == 410:
+                    raise SessionEndedError(exc.message) from None
                 if exc.status not in (401, 403):
                     raise
                 log.warning("%s: %s; looking the host up again", what, exc.message)
@@ -522,7 +529,15 @@ class Runner:
     # --- the loop --------------------------------------------------------------------
 
     def run(self) -> int:
-        """Until a terminal command (or ``max_commands``); returns the exit code."""
+        """Until a terminal command (or ``max_commands``, or the operator ending the session);
+        returns the exit code."""
+        try:
+            return self._run()
+        except SessionEndedError as exc:
+            log.info("the operator ended this agent's session (%s); exiting", exc)
+            return 0
+
+    def _run(self) -> int:
         self.identify()
         self.report()
         repeated = ""

@@ -40,7 +40,7 @@ from metal3.agentapi.records import (
     ResultTooLargeError,
     now_rfc3339,
 )
-from metal3.agentapi.tokens import bearer_token, matches, new_token
+from metal3.agentapi.tokens import bearer_token, matches, new_token, token_hash
 from metal3.asgi import BodyTooLargeError, Receive, Scope, Send, read_body
 from metal3.configdata import ConfigDataError
 from metal3.discovery.service import Discovery, DiscoveryOptions, DiscoveryRefusal
@@ -303,6 +303,13 @@ class AgentApi:
         return host, record
 
     def _check(self, request: Request, token: str, host: JsonObject, record: AgentRecord) -> None:
+        if not matches(token, record.token_hash) and record.session_ended(token_hash(token)):
+            self._refuse(
+                request,
+                410,
+                "this agent's session is over (the operator powered the host off): stop",
+                _name(host),
+            )
         if not record.token_hash:
             self._refuse(
                 request, 401, "no token is held for this host: look it up again", _name(host)

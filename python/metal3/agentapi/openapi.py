@@ -44,6 +44,10 @@ _AUTH_ERRORS: JsonObject = {
     "401": _error("Missing or malformed token, or the host holds none: look up again."),
     "403": _error("The token is not this host's."),
     "404": _error("No host has this uid."),
+    "410": _error(
+        "The token's agent session was ended by the operator (it powered the host off): stop; "
+        "do not look up again."
+    ),
 }
 _UID = {
     "name": "uid",

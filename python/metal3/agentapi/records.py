@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import logging
 import random
 import secrets as random_bytes
@@ -42,6 +43,7 @@ RECORD_PREFIX = "metal3-agent-"
 RECORD_TYPE = "metal3.io/agent-record"
 RESULT_PREFIX = "result."
 MAX_RESULTS = 32
+MAX_ENDED_TOKENS = 4  # sessions ended recently enough that their agent may still call
 # Raw JSON bytes of all values together: base64 makes them 4/3 larger, and Kubernetes refuses
 # Secrets over 1 MiB.
 MAX_RECORD_BYTES = 700 * 1024
@@ -108,6 +110,10 @@ class AgentRecord:
     # When a lookup said it holds no token while one was held for the booted agent: the agent
     # lost the lookup answer that carried it (an operator killed mid-lookup); "" otherwise.
     token_lost_at: str = ""
+    # Hashes of the latest tokens whose agent session the provisioner ended (a power off):
+    # an agent still holding one is told its session is over (410), never given a new token
+    # (it could be an agent outliving a power off that its BMC reported early).
+    ended_tokens: tuple[str, ...] = ()
     results: dict[str, RecordedResult] = field(default_factory=dict)
     # The Secret as read: its resourceVersion ("" when it does not exist yet).
     resource_version: str = ""
@@ -136,9 +142,16 @@ class AgentRecord:
         self.agent_boot_at = now_rfc3339()
 
     def agent_gone(self) -> None:
-        """The host runs something else now (its own OS): no token, none expected."""
+        """The agent's session is over (the host is powered off, or runs its own OS now): its
+        token is refused as ended from now on, and no new one is expected."""
+        if self.token_hash and self.token_hash not in self.ended_tokens:
+            self.ended_tokens = (*self.ended_tokens, self.token_hash)[-MAX_ENDED_TOKENS:]
         self.rotate_token()
         self.agent_boot_at = ""
+
+    def session_ended(self, token_sha256: str) -> bool:
+        """Whether the token with this hash belonged to an agent session that was ended."""
+        return any(hmac.compare_digest(token_sha256, ended) for ended in self.ended_tokens)
 
     @property
     def token_from_booted_agent(self) -> bool:
@@ -208,6 +221,8 @@ class AgentRecord:
             values["agent-boot-at"] = self.agent_boot_at.encode()
         if self.token_lost_at:
             values["token-lost-at"] = self.token_lost_at.encode()
+        if self.ended_tokens:
+            values["ended-tokens"] = ",".join(self.ended_tokens).encode()
         for command_id, result in self.results.items():
             values[RESULT_PREFIX + command_id] = orjson.dumps(result.to_json())
         return {key: base64.b64encode(value).decode() for key, value in sorted(values.items())}
@@ -238,6 +253,9 @@ class AgentRecord:
             token_issued_at=values.get("token-issued-at", b"").decode(errors="replace"),
             agent_boot_at=values.get("agent-boot-at", b"").decode(errors="replace"),
             token_lost_at=values.get("token-lost-at", b"").decode(errors="replace"),
+            ended_tokens=tuple(
+                t for t in values.get("ended-tokens", b"").decode(errors="replace").split(",") if t
+            ),
             results=results,
             resource_version=version,
         )

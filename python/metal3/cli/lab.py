@@ -80,6 +80,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="the Redfish emulator applies a power change this long after the request "
         "(up to a second sooner; sushy-tools alone waits a random 1-11 s; default 1)",
     )
+    up.add_argument(
+        "--power-off-lag",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="a powered-off host's agent goes on running this long after its BMC reports the "
+        "host off, as with a BMC that answers before the power is cut (default 0)",
+    )
     up.add_argument("--namespace", default="default", help="Kubernetes namespace of the manifests")
     up.add_argument(
         "--foreground",
@@ -156,6 +164,7 @@ def run_up(args: argparse.Namespace) -> int:
         ipmi_hosts=args.ipmi_hosts,
         profile=args.profile,
         power_delay=args.power_delay,
+        power_off_lag=args.power_off_lag,
         namespace=args.namespace,
     )
     try:

@@ -36,6 +36,9 @@ class LabConfig:
     ipmi_hosts: int | None = None
     profile: str | None = None  # None: round robin
     power_delay: int = 1  # seconds until the Redfish emulator applies a power change
+    # Seconds a host keeps running after its BMC took a power off (and reports it off): some
+    # BMCs answer before the power is cut, and so may the lab's notifications under load.
+    power_off_lag: float = 0.0
     namespace: str = "default"  # the Kubernetes namespace of the manifests
     vms: int = 0  # > 0: a lab of this many virtual machines (and no process hosts)
     ramdisk: str | None = None  # with vms: the lab's boot server serves this agent ramdisk
@@ -67,6 +70,8 @@ class LabConfig:
             )
         if self.power_delay < 0:
             raise LabConfigError("--power-delay is a whole number of seconds >= 0")
+        if not 0 <= self.power_off_lag <= 60:
+            raise LabConfigError("--power-off-lag is a number of seconds from 0 to 60")
 
     def kind_counts(self) -> tuple[int, int]:
         """(redfish-virtualmedia hosts, ipmi hosts) among the registered ones."""

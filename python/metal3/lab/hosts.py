@@ -10,7 +10,9 @@ Every BMC report (see `metal3.lab.bmcs`) reaches the host on the supervisor's ev
     starts; with no image or another one, nothing boots (recorded in `state.json`);
   - disk (or no override: the default boot order): "boot the OS" (`metal3.lab.osboot`),
     result in `os.json`;
-- power off stops the agent (SIGTERM, then SIGKILL after `AGENT_STOP_GRACE` seconds).
+- power off stops the agent (SIGTERM, then SIGKILL after `AGENT_STOP_GRACE` seconds);
+  with `power_off_lag` (`lab up --power-off-lag`) only that long after the BMC took it, as a
+  server whose BMC reports off before the power is cut.
 
 An agent that exits on its own (after a `power_off` or `reboot_to_disk` command, with
 `--power-action exit`) leaves the host on and idle until the BMC powers it off or resets it,
@@ -76,6 +78,7 @@ class Host:
         agent_iso_sha256: str,
         loop: asyncio.AbstractEventLoop,
         on_change: Callable[[Host], None] | None = None,
+        power_off_lag: float = 0.0,
     ) -> None:
         self.name = name
         self.paths = paths
@@ -86,6 +89,7 @@ class Host:
         self.agent_iso_sha256 = agent_iso_sha256
         self.loop = loop
         self.on_change = on_change
+        self.power_off_lag = power_off_lag
         self.power = "off"
         self.boot_device = ""
         self.boots = 0
@@ -231,12 +235,26 @@ class Host:
         self.note = why
         process = self.process
         if process is not None and process.poll() is None:
-            agents.note(self.agent_spec.log_path, f"{why}: stopping the agent")
-            agents.signal_process(process.pid, signal.SIGTERM)
-            self._stopping[process.pid] = self.loop.call_later(
-                AGENT_STOP_GRACE, agents.signal_process, process.pid, signal.SIGKILL
-            )
+            if self.power_off_lag:
+                agents.note(
+                    self.agent_spec.log_path,
+                    f"{why}: the agent goes on for {self.power_off_lag:g} s (power off lag)",
+                )
+                self._stopping[process.pid] = self.loop.call_later(
+                    self.power_off_lag, self._stop_agent, process, why
+                )
+            else:
+                self._stop_agent(process, why)
         self.process = None
+
+    def _stop_agent(self, process: subprocess.Popen[bytes], why: str) -> None:
+        if process.poll() is not None:
+            return
+        agents.note(self.agent_spec.log_path, f"{why}: stopping the agent")
+        agents.signal_process(process.pid, signal.SIGTERM)
+        self._stopping[process.pid] = self.loop.call_later(
+            AGENT_STOP_GRACE, agents.signal_process, process.pid, signal.SIGKILL
+        )
 
     def stop(self) -> None:
         """Power off for good (the lab is going down): kill the agent now."""

@@ -394,6 +394,7 @@ class Supervisor:
             agent_cmdline=cmdline,
             agent_iso_sha256=iso_sha,
             loop=self.loop,
+            power_off_lag=self.config.power_off_lag,
         )
 
     # --- run -----------------------------------------------------------------------------

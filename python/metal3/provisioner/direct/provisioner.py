@@ -264,6 +264,8 @@ class DirectProvisioner:
                 f"the host did not power {'on' if on else 'off'} within "
                 f"{_seconds(settings.power_timeout)} of the request to its BMC"
             )
+        if not on:
+            await self._end_agent_session()
         if action == PowerAction.SOFT_OFF:
             try:
                 await self._bmc_call(f"power-{action}", lambda bmc: bmc.request_power(action))
@@ -277,6 +279,14 @@ class DirectProvisioner:
         log.info("%s: power %s requested", self.name, action)
         session.power_request = PowerRequest(action, now)
         return self._power_poll(0.0)
+
+    async def _end_agent_session(self) -> None:
+        """Before any power off: the agent running now (if any) loses its token, and none is
+        given until the next agent boot. A BMC may report the host off before its power is cut
+        (a lagging BMC, an emulator under load); an agent booted for one step that lives on
+        meanwhile must not take the next step's work (the inspection boot cleaning the disks,
+        then the cleaning boot cleaning them again)."""
+        await self._records().agent_gone(self._host_json())
 
     def _power_poll(self, since_request: float) -> Result:
         """Look again soon after a power request, then less and less often (the delay
@@ -495,6 +505,7 @@ class DirectProvisioner:
         if not self._may_power_off:
             self.session.boot = None
             return failed(what)
+        await self._end_agent_session()
         try:
             await self._bmc_call(
                 "power-hard-off", lambda bmc: bmc.request_power(PowerAction.HARD_OFF)
@@ -516,6 +527,7 @@ class DirectProvisioner:
         reports its own error, and the next boot powers off first anyway)."""
         if not self._may_power_off:
             return
+        await self._end_agent_session()
         try:
             await self._bmc_call(
                 "power-hard-off", lambda bmc: bmc.request_power(PowerAction.HARD_OFF)

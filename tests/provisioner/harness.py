@@ -15,6 +15,7 @@ ipmitool).
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.server
 import json
 import os
@@ -36,6 +37,7 @@ from loopdev import LoopDevice
 from metal3.agentapi.server import AgentApiOptions, ensure_tls
 from metal3.bmc.emulators import FakeSystem, IPMISimulator, SushyEmulator
 from metal3.controllers.baremetalhost import Settings
+from metal3.lab.bmcs import poll_redfish_power
 from metal3.operator import Operator
 from metal3.provisioner.direct.factory import DirectProvisionerFactory
 from metal3.provisioner.direct.settings import DirectSettings
@@ -292,6 +294,9 @@ class Notifications:
 
     def __init__(self) -> None:
         self.hosts: dict[str, Listener] = {}
+        # (base URL, user, password) of a Redfish emulator whose delayed power changes are
+        # followed (`follow_pending_power`); None: they are seen at the next report only.
+        self._redfish: tuple[str, str, str] | None = None
         notifications = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -320,12 +325,28 @@ class Notifications:
     def ipmi_url(self, name: str) -> str:
         return f"{self.base}/ipmi/{name}"
 
+    def follow_pending_power(self, base_url: str, username: str, password: str) -> None:
+        """Read a system when its delayed power change is due (the fake driver reports it
+        when asked for, with the state still the old one): that read applies the change and
+        brings its report, as the lab does. Without it, an off and on again between two
+        requests to the emulator goes unseen until the next one."""
+        self._redfish = (base_url, username, password)
+
     def receive(self, path: str, body: dict[str, Any]) -> None:
         if path == "/redfish":
             host = self.hosts.get(str(body.get("name")))
             if host is not None:
                 boot = REDFISH_BOOT.get(str(body.get("boot_device") or "Hdd"), "other")
                 host.notify(body.get("power_state") == "On", boot)
+            pending = body.get("pending_power")
+            if self._redfish is not None and isinstance(pending, dict) and "apply_time" in pending:
+                base_url, username, password = self._redfish
+                delay = max(0.0, float(pending["apply_time"]) - time.time()) + 0.05
+                timer = threading.Timer(
+                    delay, _read_system, (base_url, str(body.get("uuid")), username, password)
+                )
+                timer.daemon = True
+                timer.start()
         elif path.startswith("/ipmi/"):
             host = self.hosts.get(path.removeprefix("/ipmi/"))
             if host is not None:
@@ -338,6 +359,11 @@ class Notifications:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def _read_system(base_url: str, uuid: str, username: str, password: str) -> None:
+    with contextlib.suppress(OSError):
+        poll_redfish_power(base_url, uuid, username, password)
 
 
 @contextmanager

@@ -108,6 +108,7 @@ async def test_lifecycle_of_redfish_virtual_media_and_ipmi_hosts(
             users={IPMI_USER: IPMI_PASSWORD}, notify_url=notifications.ipmi_url("ipmi")
         ) as ipmi,
     ):
+        notifications.follow_pending_power(redfish.url, REDFISH_USER, REDFISH_PASSWORD)
         hosts_spec: dict[str, dict[str, Any]] = {
             "rf": {
                 "address": redfish.address(systems[0], "redfish"),

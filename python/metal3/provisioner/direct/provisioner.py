@@ -675,37 +675,41 @@ class DirectProvisioner:
         return await self._step("provisioning", step)
 
     async def _boot_from_disk(self, record: AgentRecord) -> Result:
-        """After a verified deploy: media out, the disk as the persistent boot device and a
-        reset, into the image, all in one BMC call; then wait for the power to show on.
+        """After a verified deploy: media out and the disk as the persistent boot device (one
+        BMC call), then power off and on, each change polled.
 
-        One call where off, wait, on took two power changes, each polled (a round trip to
-        the BMC and a reconcile apiece). A BMC that refuses the reset (as IPMI does for a host
-        that is off) gets off and on again instead.
+        Off and on, not a reset, as Ironic reboots: a BMC may apply a new boot device only
+        at a cold start. Emulators over libvirt (sushy-tools, virtualbmc) write it to the
+        domain's stored definition, which a reset of the running machine does not read, so
+        a reset booted the agent from the network again instead of the written image. A host
+        with `disablePowerOff` gets the reset (in the same call): it must not be powered off.
 
-        The agent's token is rotated last, once the host is up from its disk (the agent is
-        long gone by then: rotated earlier, a dying agent could look up again and hold a new
-        token nobody uses). A token still held therefore means this step is not finished, so
-        an operator restarted in the middle does it again: at worst the new OS boots twice.
+        The power off request ends the agent's session first (`_end_agent_session`). After an
+        operator restart, a token still held therefore means the off was not asked for yet,
+        and the step starts over (at worst the boot device is set twice); none held means the
+        power on is what is left.
         """
         session = self.session
         _, address = self._bmc()
-        if not record.token_hash:
-            return await self._power(True) or DONE
         work = work_for(self._host_json(), record)
         work_id = work.id if isinstance(work, Command) else ""
         if session.finishing != work_id:
+            if not record.token_hash:
+                # An operator restarted after the power off was asked for (which ended the
+                # agent's session): the power on is what is left.
+                return await self._power(True) or DONE
+            reset = not self._may_power_off
             now = self._clock()
-            reset = await self._bmc_call(
-                "boot-from-disk", lambda bmc: self._reboot_into_disk(bmc, address)
+            await self._bmc_call(
+                "boot-from-disk", lambda bmc: self._boot_device_disk(bmc, address, reset=reset)
             )
             session.finishing, session.finishing_off = work_id, reset
-            if reset:
-                # Its power on is under way: wait for it, never ask for it again.
+            if reset:  # its power on is under way: wait for it, never ask for it again
                 session.power_request = PowerRequest(PowerAction.ON, now)
             log.info(
-                "%s: image written; %s from the disk",
+                "%s: image written; booting it from the disk (%s)",
                 self.name,
-                "rebooting into it" if reset else "booting it (off, then on)",
+                "reset: power off is disabled" if reset else "off, then on",
             )
         if not session.finishing_off:
             pending = await self._power(False)
@@ -719,19 +723,14 @@ class DirectProvisioner:
         session.finishing = ""
         return DONE
 
-    async def _reboot_into_disk(self, bmc: BMC, address: BMCAddress) -> bool:
-        """Media out, boot from disk, then reset (the host is on: its agent just reported);
-        True when reset, False when the BMC refused it (as IPMI does for a host that is off
-        after all): power it off and on instead."""
+    async def _boot_device_disk(self, bmc: BMC, address: BMCAddress, *, reset: bool) -> None:
+        """Media out (virtual-media schemes), the disk as the persistent boot device, and with
+        `reset` a reset of the host (which is on: its agent just reported)."""
         if address.info.boot_method is BootMethod.VIRTUAL_MEDIA:
             await bmc.eject_media()
         await bmc.set_boot_device(BootDevice.DISK, persistent=True, uefi=self._uefi)
-        try:
+        if reset:
             await bmc.request_power(PowerAction.RESET)
-        except (BMCUnsupportedError, BMCRefusedError) as exc:
-            log.info("%s: reset refused (%s); powering off and on", self.name, exc)
-            return False
-        return True
 
     async def deprovision(self, *, automated_cleaning: bool) -> Result:
         async def step() -> Result:

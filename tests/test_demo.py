@@ -100,6 +100,12 @@ def test_options_that_belong_to_the_other_demo_are_refused() -> None:
     result = demo("--examples", "examples")
     assert result.returncode == 2
     assert "--examples goes with --fixture" in result.stderr
+    result = demo("--fixture", "--vms")
+    assert result.returncode == 2
+    assert "--vms and --fixture are two different demos" in result.stderr
+    result = demo("--vms", "--hosts", "3")
+    assert result.returncode == 2
+    assert "--vms makes two virtual machines; no --hosts" in result.stderr
 
 
 # --- the real demo's image and checks -----------------------------------------------------------

@@ -417,6 +417,25 @@ def test_domain_xml_and_console_tail(tmp_path: Path) -> None:
     )
     assert vms.console_tail(spec.console_log) == ["SeaBIOS (version 1.16.3)", "iPXE 1.0.0 -- boot"]
     assert vms.console_tail(tmp_path / "missing.log") == []
+    with spec.console_log.open("ab") as console:
+        console.write(b"Probing EDD (edd=off to disable)... o")  # still being written
+    assert vms.console_tail(spec.console_log, lines=1)[-1].startswith("Probing EDD")
+    assert vms.console_tail(spec.console_log, lines=1, complete=True) == ["iPXE 1.0.0 -- boot"]
+    with spec.console_log.open("ab") as console:
+        console.write(b"k\r\n")
+    # What the test OS reported counts for the current boot only (after the last BIOS banner).
+    assert vms.os_report(spec.console_log) is None
+    with spec.console_log.open("ab") as console:
+        console.write(b"[  OK  ] Started\r\nmetal3-os-image: status=done datasource=ConfigDrive "
+                      b"hostname=vm-7-os user-data-sha256=ab12\r\nvm-7-os login: ")  # fmt: skip
+    report = vms.os_report(spec.console_log)
+    assert report is not None
+    assert (report["status"], report["hostname"], report["user-data-sha256"]) == (
+        "done", "vm-7-os", "ab12")  # fmt: skip
+    with spec.console_log.open("ab") as console:
+        console.write(b"\r\nSeaBIOS (version 1.16.3)\r\niPXE 1.0.0\r\n")  # powered on again
+    assert vms.os_report(spec.console_log) is None
+    assert vms.os_report(tmp_path / "missing.log") is None
 
 
 def test_down_after_a_killed_supervisor_removes_vms_daemons_and_bmcs(tmp_path: Path) -> None:

@@ -6,6 +6,10 @@ provisioner, a qcow2 image made on the spot and written by the metal3 agent to e
 disk, every disk and config drive checked with reference tools, then deprovisioned and
 deleted. Needs root (loop devices, network namespaces).
 
+`--vms`: two virtual machines (QEMU TCG under libvirt, with sushy-tools and virtualbmc as
+their BMCs) that boot the agent ramdisk from virtual media and the network, and boot the
+written OS, whose cloud-init applies the config drive (`metal3.cli.demo_vms`).
+
 `--fixture`: the simulated lifecycle of the example manifests on the fixture provisioner
 (`metal3.cli.demo_fixture`): quick, needs nothing, writes nothing.
 """
@@ -33,6 +37,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="the simulated lifecycle of the example manifests (fixture provisioner): quick, "
         "no root needed, nothing is written",
+    )
+    parser.add_argument(
+        "--vms",
+        action="store_true",
+        help="two virtual machines instead (Redfish virtual media and IPMI network boot): "
+        "the agent ramdisk and a test OS with cloud-init are built (cached after the first "
+        "time), the OS is written and boots from disk; their serial consoles are shown live. "
+        "Needs root and the packages ./dev installs; takes minutes (TCG emulation)",
     )
     parser.add_argument(
         "--hosts",
@@ -72,10 +84,20 @@ def run(args: argparse.Namespace) -> int:
         if args.hosts is not None:
             print("metal3 demo: --hosts is for the lab demo, not --fixture", file=sys.stderr)
             return 2
+        if args.vms:
+            print("metal3 demo: --vms and --fixture are two different demos", file=sys.stderr)
+            return 2
         return run_fixture(args, live)
     if args.examples is not None:
         print("metal3 demo: --examples goes with --fixture", file=sys.stderr)
         return 2
+    if args.vms:
+        if args.hosts is not None:
+            print("metal3 demo: --vms makes two virtual machines; no --hosts", file=sys.stderr)
+            return 2
+        from metal3.cli.demo_vms import VmDemoOptions, run_vm_demo
+
+        return run_vm_demo(VmDemoOptions(timeout=max(args.timeout, 600.0), live=live))
     from metal3.cli.demo_lab import LabDemoOptions, run_lab_demo
 
     hosts = 4 if args.hosts is None else args.hosts

@@ -779,18 +779,25 @@ def run_lab_demo(options: LabDemoOptions) -> int:
     if problem is not None:
         print(f"metal3 demo: {problem}", file=sys.stderr)
         return 2
-    workdir = Path(tempfile.mkdtemp(prefix="metal3-demo-"))
-    lab_dir = workdir / "lab"
-    failures: list[str] = []
     print(
         f"metal3 {metal3.__version__} demo: {options.hosts} emulated hosts (metal3 lab) through "
         "their real lifecycle, by the operator's direct provisioner and the metal3 agent"
     )
+    return run_in_workdir("metal3-demo-", lambda workdir, lab_dir: _run(options, workdir, lab_dir))
+
+
+def run_in_workdir(prefix: str, run: Callable[[Path, Path], list[str]]) -> int:
+    """`run(workdir, lab_dir)` in a new temporary folder, the operator's log in it; whatever
+    happens (a failure, Ctrl-C, SIGTERM), the lab in `lab_dir` is taken down and the folder
+    removed after. Prints the failures and the verdict; the exit status."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    lab_dir = workdir / "lab"
+    failures: list[str] = []
     print(f"work folder: {workdir} (removed at the end; the operator's log: operator.log)")
     try:
         with _operator_log(workdir / "operator.log"), _sigterm_as_interrupt():
             try:
-                failures = _run(options, workdir, lab_dir)
+                failures = run(workdir, lab_dir)
             except KeyboardInterrupt:
                 failures.append("interrupted")
                 print("\ninterrupted: cleaning up", flush=True)

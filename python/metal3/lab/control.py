@@ -250,6 +250,7 @@ def _vm_status(uri: str, vm: VmInfo) -> dict[str, Any]:
         "state": vms.state(uri, vm.domain),
         "console_log": vm.console_log,
         "console_tail": vms.console_tail(Path(vm.console_log)),
+        "os_report": vms.os_report(Path(vm.console_log)),
     }
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from metal3.lab.profiles import VM_PROFILE
 from metal3.lab.state import LabHost
 
 
@@ -57,6 +58,11 @@ def host_documents(host: LabHost, namespace: str) -> list[dict[str, Any]]:
             },
         }
     )
+    if host.vm is not None:
+        # The VMs start by BIOS (SeaBIOS). Left to the BareMetalHost default (UEFI), a Redfish
+        # BMC switches the domain to OVMF at the first boot request, where the agent ISO
+        # (ISOLINUX, BIOS only) does not start.
+        documents[-1]["spec"]["bootMode"] = "UEFI" if VM_PROFILE.uefi else "legacy"
     return documents
 
 

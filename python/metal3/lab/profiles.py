@@ -161,15 +161,20 @@ VM_PROFILE = Profile(
     cpu_max_mhz=0,
     dimm_gib=(1,),
     disks=(
-        DiskSpec(4 * GiB, "QEMU virtio 4G", "0x1af4", rotational=True, tran="virtio"),
         DiskSpec(6 * GiB, "QEMU virtio 6G", "0x1af4", rotational=True, tran="virtio"),
+        DiskSpec(4 * GiB, "QEMU virtio 4G", "0x1af4", rotational=True, tran="virtio"),
     ),
     nics=1,
     uefi=False,
 )
 """The one profile of `lab up --vms` hosts (not in PROFILES: process hosts never take it):
 a TCG virtual machine of 1 vCPU and 1 GiB (TCG is CPU-heavy and the machines are shared),
-two virtio disks of different sizes (raw sparse files) and one virtio NIC, booting by BIOS."""
+two virtio disks of different sizes (raw sparse files) and one virtio NIC, booting by BIOS.
+
+The larger disk comes first: it is the one the BIOS boots. SeaBIOS, told by a BMC to boot
+from disk, tries the first hard disk only ("No bootable device" when the image is on the
+second), so an image must go there, and only root-device hints put it there: Ironic's
+default root device (the smallest disk of at least 4 GiB) is the second disk."""
 
 
 def profile_for(index: int, chosen: str | None = None) -> Profile:

@@ -110,4 +110,11 @@ def _vm_status_text(doc: dict[str, Any]) -> str:
         vm = host.get("vm") or {}
         lines += ["", f"{host['name']} console ({vm.get('console_log', '?')}):"]
         lines += [f"  | {line}" for line in vm.get("console_tail") or ["(nothing yet)"]]
+        report = vm.get("os_report")
+        if report:
+            lines.append(
+                f"  OS booted, cloud-init {report.get('status', '-')}: hostname "
+                f"{report.get('hostname', '-')}, datasource {report.get('datasource', '-')}, "
+                f"user data sha256 {report.get('user-data-sha256', '-')}"
+            )
     return "\n".join(lines)

@@ -37,6 +37,11 @@ from metal3.tls import write_private
 
 LOCALHOST = "127.0.0.1"
 MEDIA_POOL = "lab-media"
+# The firmware per Redfish boot mode (sushy-tools' map; Debian's OVMF and SeaBIOS packages).
+BOOT_LOADERS = {
+    "UEFI": {"x86_64": "/usr/share/OVMF/OVMF_CODE.secboot.fd"},
+    "Legacy": {"x86_64": "/usr/share/seabios/bios-256k.bin"},
+}
 _NO_PROXY = {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
 
 
@@ -135,6 +140,9 @@ class VmBmcs:
                     + repr([p.system_uuid for p in self.redfish]),
                     f"SUSHY_EMULATOR_STATE_DIR = {str(folder / 'state')!r}",
                     "SUSHY_EMULATOR_VMEDIA_VERIFY_SSL = False",
+                    # Legacy (BIOS) boot mode needs a loader path too, or the emulator writes
+                    # a loader element libvirt refuses: SeaBIOS, what QEMU loads by default.
+                    f"SUSHY_EMULATOR_BOOT_LOADER_MAP = {BOOT_LOADERS!r}",
                 ]
             )
             + "\n"

@@ -106,8 +106,31 @@ def destroy_all(uri: str) -> list[str]:
     return names
 
 
-def console_tail(path: Path, lines: int = 5, max_bytes: int = 16384) -> list[str]:
-    """The last `lines` non-empty lines of a console log, control sequences removed."""
+FIRMWARE_BANNER = "SeaBIOS (version"  # printed at every power on and reset
+
+
+def os_report(path: Path, max_bytes: int = 1 << 20) -> dict[str, str] | None:
+    """What the test OS (`metal3 lab os-image`) reported on the console in the VM's current
+    boot, once cloud-init is done (its `metal3-os-image:` line: status, datasource, hostname,
+    user-data-sha256, ...); None before that, or when the VM booted something else since."""
+    from metal3.lab.osimage import read_report
+
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, 2)
+            handle.seek(max(0, handle.tell() - max_bytes))
+            text = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    report = read_report(text.rpartition(FIRMWARE_BANNER)[2])
+    return dict(report.fields) if report is not None else None
+
+
+def console_tail(
+    path: Path, lines: int = 5, max_bytes: int = 16384, *, complete: bool = False
+) -> list[str]:
+    """The last `lines` non-empty lines of a console log, control sequences removed;
+    `complete`: leave out a last line still being written (no line end yet)."""
     try:
         with path.open("rb") as handle:
             handle.seek(0, 2)
@@ -117,6 +140,8 @@ def console_tail(path: Path, lines: int = 5, max_bytes: int = 16384) -> list[str
     except OSError:
         return []
     text = raw.decode("utf-8", errors="replace")
+    if complete:
+        text = text[: max(text.rfind("\n"), text.rfind("\r")) + 1]
     cleaned = [_printable(line) for line in text.replace("\r", "\n").split("\n")]
     return [line for line in cleaned if line.strip()][-lines:]
 

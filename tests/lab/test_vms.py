@@ -3,28 +3,24 @@ our BMC drivers against sushy-tools' libvirt driver (Redfish, virtual media) and
 (IPMI), cross-checked with independent tools (`virsh`, `ipmitool`, `ip`, `ss`); and that the
 machine's own namespace is left alone and `lab down` leaves nothing.
 
-VMs run only as long as a test needs to see firmware output on their serial console, or the
-agent ramdisk's lookup (TCG is CPU-heavy and the machine is shared): each test powers its VM
-off before it ends. The lab runs the boot server with the agent ramdisk (`metal3 ramdisk
-build`, from its cache when built before), so the IPMI VM boots it from the network for real.
+VMs run only as long as a test needs to see firmware output on their serial console (TCG is
+CPU-heavy and the machine is shared): each test powers its VM off before it ends. The lab
+runs the boot server with the agent ramdisk (`metal3 ramdisk build`, from its cache when built
+before); booting that ramdisk, from the network and from virtual media, and the rest of the
+lifecycle through the operator are tests/provisioner/test_vm_e2e.py's.
 """
 
 from __future__ import annotations
 
-import contextlib
-import http.server
 import ipaddress
 import json
 import os
-import ssl
 import subprocess
-import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -464,110 +460,3 @@ def test_down_after_a_killed_supervisor_removes_vms_daemons_and_bmcs(tmp_path: P
             ["ip", "netns", "list"], capture_output=True, text=True, check=True
         ).stdout
     )
-
-
-@contextlib.contextmanager
-def lookups_recorded(info: LabInfo) -> Iterator[list[dict[str, Any]]]:
-    """An HTTPS server where `metal3 standalone --lab` would serve the agent API, recording
-    each agent's lookup and answering 404 (no such host: the agent keeps looking up)."""
-    found: list[dict[str, Any]] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            if self.path == "/v1/lookup":
-                found.append(json.loads(body or b"{}"))
-            self.send_response(404)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
-
-    address, port = info.agent_api_listen.rsplit(":", 1)
-    server = http.server.ThreadingHTTPServer((address, int(port)), Handler)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(info.cert_file, info.key_file)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield found
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def read_text(path: Path) -> str:
-    return path.read_text(errors="replace")
-
-
-@pytest.mark.anyio
-async def test_ipmi_vm_network_boots_the_agent_ramdisk(vmlab: VmLab) -> None:
-    import anyio
-
-    host = vmlab.info.host("vm-1")
-    assert host.vm is not None
-    uuid = vmlab.xml("vm-1", inactive=True).findtext("uuid")
-    console = Path(host.vm.console_log)
-    offset = size_of(console)
-    with lookups_recorded(vmlab.info) as lookups:
-        async with connect(host.bmc_address, creds(host)) as bmc:
-            await bmc.set_boot_device(BootDevice.PXE, persistent=True)
-            started = time.monotonic()
-            await bmc.power_on(wait=60)
-            try:
-                deadline = started + 300
-                while not any(host.boot_mac in lk.get("mac_addresses", []) for lk in lookups):
-                    assert time.monotonic() < deadline, read_text(console)[-3000:]
-                    await anyio.sleep(0.5)
-                print(f"vm-1: power on to the agent's lookup: {time.monotonic() - started:.1f} s")
-                rss = qemu_rss(vmlab, "vm-1")
-                print(f"vm-1: QEMU resident memory with the agent up: {rss / 2**20:.0f} MiB")
-                assert rss < 2 << 30
-            finally:
-                await bmc.power_off(soft_wait=None, wait=60)
-    lookup = next(lk for lk in lookups if host.boot_mac in lk.get("mac_addresses", []))
-    assert lookup["system_uuid"] == uuid
-    assert console_has(console, "iPXE", "metal3-ramdisk:", "starting the agent", offset=offset)
-    leases = read_text(vmlab.data_dir / "bootserver" / "dnsmasq.leases")
-    leased = [line.split()[2] for line in leases.splitlines() if host.boot_mac in line]
-    assert leased
-    assert ipaddress.ip_address(leased[0]) in ipaddress.ip_network(vmlab.info.subnet)
-    assert vmlab.domstate("vm-1") == "shut off"
-
-
-@pytest.mark.anyio
-async def test_redfish_vm_boots_the_agent_from_virtual_media(vmlab: VmLab) -> None:
-    import anyio
-
-    host = vmlab.info.host("vm-0")
-    assert host.vm is not None
-    console = Path(host.vm.console_log)
-    offset = size_of(console)
-    with lookups_recorded(vmlab.info) as lookups:
-        async with connect(host.bmc_address, creds(host)) as bmc:
-            await bmc.insert_media(vmlab.info.agent_iso_url)  # the ramdisk behind ISOLINUX
-            await bmc.set_boot_device(BootDevice.CD)
-            assert (await bmc.boot_settings()).device == BootDevice.CD
-            started = time.monotonic()
-            await bmc.power_on(wait=60)
-            try:
-                deadline = started + 300
-                while not any(host.boot_mac in lk.get("mac_addresses", []) for lk in lookups):
-                    assert time.monotonic() < deadline, read_text(console)[-3000:]
-                    await anyio.sleep(0.5)
-                print(
-                    f"vm-0: power on to the agent's lookup (CD): {time.monotonic() - started:.1f} s"
-                )
-            finally:
-                await bmc.power_off(soft_wait=None, wait=60)
-                await bmc.eject_media()
-    lookup = next(lk for lk in lookups if host.boot_mac in lk.get("mac_addresses", []))
-    assert lookup["system_uuid"] == vmlab.xml("vm-0", inactive=True).findtext("uuid")
-    assert console_has(
-        console, "Booting from DVD/CD", "metal3-ramdisk:", "starting the agent", offset=offset
-    )
-    assert not console_has(console, "Booting from ROM", offset=offset)  # not iPXE's network boot
-    assert vmlab.domstate("vm-0") == "shut off"

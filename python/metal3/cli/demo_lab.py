@@ -169,11 +169,12 @@ def user_data_for(host: LabHost) -> bytes:
     ).encode()
 
 
-def _secret(name: str, data: dict[str, bytes]) -> JsonObject:
+def demo_secret(name: str, data: dict[str, bytes], namespace: str = NAMESPACE) -> JsonObject:
+    """An Opaque Secret of `data` (the demos' user data and meta data)."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": name, "namespace": NAMESPACE},
+        "metadata": {"name": name, "namespace": namespace},
         "type": "Opaque",
         "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
     }
@@ -314,10 +315,10 @@ class Session:
                 self.manifests[obj["metadata"]["name"]] = obj
         for host in self.hosts.values():
             await client.create(
-                SECRETS, _secret(f"{host.name}-user-data", {"userData": host.user_data})
+                SECRETS, demo_secret(f"{host.name}-user-data", {"userData": host.user_data})
             )
             meta = yaml.safe_dump({"hostname": host.hostname}).encode()
-            await client.create(SECRETS, _secret(f"{host.name}-meta-data", {"metaData": meta}))
+            await client.create(SECRETS, demo_secret(f"{host.name}-meta-data", {"metaData": meta}))
 
     # --- one host --------------------------------------------------------------------------
 

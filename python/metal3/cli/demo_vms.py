@@ -18,7 +18,6 @@ emulation on a small machine: about 3 to 6 minutes.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import shutil
@@ -33,7 +32,7 @@ import yaml
 
 import metal3
 from metal3.cli.demo_board import Board, follow, host_power, host_state
-from metal3.cli.demo_lab import OPERATOR_SETTINGS, run_in_workdir
+from metal3.cli.demo_lab import OPERATOR_SETTINGS, DemoFailure, demo_secret, run_in_workdir
 from metal3.kube.client import ApiError, KubeClient
 from metal3.kube.resources import BAREMETALHOSTS, NAMESPACES, SECRETS
 from metal3.lab import vms
@@ -54,10 +53,6 @@ TOOLS = ("qemu-system-x86_64", "qemu-img", "virsh", "dnsmasq", "debootstrap", "b
 AGENT_TIMEOUT = 420.0
 OS_BOOT_TIMEOUT = 420.0
 CONSOLE_WIDTH = 70
-
-
-class VmDemoFailure(Exception):
-    """A VM did not do what the demo expected; the message says what."""
 
 
 @dataclass
@@ -118,15 +113,6 @@ class VmDemoOptions:
     live: bool = False
 
 
-def _secret(name: str, data: dict[str, bytes]) -> JsonObject:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "data": {key: base64.b64encode(value).decode() for key, value in data.items()},
-    }
-
-
 class VmSession:
     def __init__(self, workdir: Path, lab_dir: Path, info: LabInfo, image_url: str,
                  image_sha256: str, options: VmDemoOptions) -> None:  # fmt: skip
@@ -142,6 +128,7 @@ class VmSession:
             if h.registered
         }  # fmt: skip
         self.board = VmBoard(options.live, self.hosts)
+        self.manifests: dict[str, JsonObject] = {}  # the lab's BareMetalHosts, by name
 
     def standalone(self) -> Standalone:
         lab = ProvisionerLab.load(self.lab_dir)  # as `metal3 standalone --lab DIR`
@@ -215,16 +202,17 @@ class VmSession:
             for document in documents:
                 if document and document["kind"] == "Secret":
                     await client.create(SECRETS, document)
+                elif document and document["kind"] == "BareMetalHost":
+                    self.manifests[host.name] = document
             meta = yaml.safe_dump({"hostname": host.hostname}).encode()
-            user_data = _secret(f"{host.name}-user-data", {"value": host.user_data})
+            user_data = demo_secret(f"{host.name}-user-data", {"value": host.user_data}, NAMESPACE)
             await client.create(SECRETS, user_data)
-            await client.create(SECRETS, _secret(f"{host.name}-meta-data", {"value": meta}))
+            meta_data = demo_secret(f"{host.name}-meta-data", {"value": meta}, NAMESPACE)
+            await client.create(SECRETS, meta_data)
 
     def _manifest(self, host: VmDemoHost) -> JsonObject:
-        documents = yaml.safe_load_all(
-            (LabPaths(self.lab_dir).manifests / f"{host.name}.yaml").read_text()
-        )
-        manifest: JsonObject = next(d for d in documents if d and d["kind"] == "BareMetalHost")
+        """The lab's BareMetalHost for `host` (read by `_apply`) with the demo's workload."""
+        manifest = self.manifests[host.name]
         manifest["spec"].update(
             online=True,
             # The first disk (the one this VM's BIOS boots), where Ironic's default root
@@ -240,7 +228,7 @@ class VmSession:
     async def _lifecycle(self, client: KubeClient, host: VmDemoHost) -> None:
         try:
             await self._steps(client, host)
-        except VmDemoFailure as exc:
+        except DemoFailure as exc:
             host.failure = f"{host.step}: {exc}"
         except ApiError as exc:
             host.failure = f"{host.step}: the API server said {exc.status}: {exc.message}"
@@ -269,12 +257,12 @@ class VmSession:
                 if report is not None and host.console.stat().st_size > since:
                     host.report = report
         if host.report is None:
-            raise VmDemoFailure(f"no OS report on {host.console} after {OS_BOOT_TIMEOUT:.0f} s")
+            raise DemoFailure(f"no OS report on {host.console} after {OS_BOOT_TIMEOUT:.0f} s")
         lap("reboot to cloud-init done")
         expected = hashlib.sha256(host.user_data).hexdigest()
         seen = (host.report.get("hostname"), host.report.get("user-data-sha256"))
         if host.report.get("datasource") != "ConfigDrive" or seen != (host.hostname, expected):
-            raise VmDemoFailure(f"cloud-init did not apply the config drive: {host.report}")
+            raise DemoFailure(f"cloud-init did not apply the config drive: {host.report}")
         self.board.note(
             f"{host.name}: its OS is up; cloud-init read the config drive: hostname "
             f"{host.hostname}, user data sha256 {expected[:16]}..."
@@ -303,11 +291,11 @@ class VmSession:
             if obj is not None:
                 status = obj.get("status") or {}
                 if status.get("errorMessage"):
-                    raise VmDemoFailure(status["errorMessage"])
+                    raise DemoFailure(status["errorMessage"])
                 if wanted is not None and host_state(obj) == wanted:
                     return
             if time.monotonic() > deadline:
-                raise VmDemoFailure(f"not {wanted or 'deleted'} after {self.options.timeout:.0f} s")
+                raise DemoFailure(f"not {wanted or 'deleted'} after {self.options.timeout:.0f} s")
             await anyio.sleep(0.5)
 
 

@@ -64,7 +64,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--timeout",
         type=float,
         default=120.0,
-        help="seconds per phase (per host phase for the lab demo; default 120)",
+        help="seconds per phase (per host phase for the lab demo; default 120; at least 600 "
+        "with --vms)",
     )
     parser.add_argument("--plain", action="store_true", help="no live table, one line per change")
     parser.set_defaults(func=run)

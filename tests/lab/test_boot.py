@@ -7,19 +7,20 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from lab.conftest import AgentApiStandIn
-from lab.helpers import Lab, run_metal3, wait_for
+from lab.helpers import Lab, root_namespace, run_metal3, wait_for
 from metal3.agent.configdrive import build_config_drive
 from metal3.agent.partitions import prepare_config_drive_partition
 from metal3.bmc import BootDevice, connect
 from metal3.bmc.credentials import Credentials
 from metal3.bmc.interface import BMC
-from metal3.lab.state import LabHost
+from metal3.lab.state import LabHost, load_lab
 
 pytestmark = pytest.mark.anyio
 
@@ -233,3 +234,33 @@ async def test_unregistered_host_runs_its_agent_from_the_start(
     assert agent_running(lab, "spare-0")
     assert lab.state("spare-0")["boot_source"] == "network"
     wait_for(lambda: lookups_from(agent_api, spare), "a lookup from spare-0's agent")
+
+
+async def test_power_off_lag_keeps_the_agent_running_that_long(tmp_path: Path) -> None:
+    """`lab up --power-off-lag 3`: the BMC reports the host off at once, its agent goes on
+    for 3 s more (a BMC that answers before the power is cut), then is stopped."""
+    data_dir = tmp_path / "lagging-lab"
+    up = run_metal3(
+        "lab", "up", "--hosts", "1", "--power-delay", "0", "--power-off-lag", "3",
+        "--data-dir", str(data_dir),
+    )  # fmt: skip
+    assert up.returncode == 0, up.stderr + (data_dir / "supervisor.log").read_text()
+    try:
+        info = load_lab(data_dir)
+        lab = Lab(info, data_dir, root_namespace(), [], up.stdout)
+        host = info.host("host-0")
+        async with bmc_of(host) as bmc:
+            await bmc.set_boot_device(BootDevice.PXE)
+            await bmc.power_on(wait=30)
+            pid = wait_for(lambda: agent_running(lab, "host-0"), "host-0's agent")
+            await bmc.power_off(soft_wait=None, wait=30)
+            off = time.monotonic()
+            assert lab.state("host-0")["power"] == "off"
+            assert not process_gone(pid)  # reported off, still running
+            wait_for(lambda: process_gone(pid), "host-0's agent to end after the lag")
+            assert time.monotonic() - off > 1.5
+        log = (lab.host_dir("host-0") / "agent.log").read_text()
+        assert "the agent goes on for 3 s (power off lag)" in log
+    finally:
+        down = run_metal3("lab", "down", "--data-dir", str(data_dir))
+        assert down.returncode == 0, down.stderr

@@ -6,7 +6,9 @@ Each such call finishes in the background and wakes its host. The outcome of the
 for inspection was left unclaimed (the next reconcile found the host on and its agent at work),
 and the boot for cleaning a few seconds later took it as its own: no request reached the BMC,
 and the host waited `power_timeout` for a power on nobody had asked for (seen in the
-benchmark as a setup of two minutes). The limit below is well under `power_timeout`.
+benchmark as a setup of two minutes). The limit below is well under `power_timeout`, and
+power requests are not sent again before it (`power_resend_interval`), or the re-send would
+hide that wait.
 
 Each host's agent also goes on for 3 s after its BMC reports it off (`--power-off-lag`), as
 the IPMI simulator's hosts did under load (its answer comes before the lab hears of it): the
@@ -39,6 +41,7 @@ SLOW_BMC = DirectSettings(
     bmc_call_timeout=20.0,
     bmc_wait=0.001,
     power_timeout=POWER_TIMEOUT,
+    power_resend_interval=POWER_TIMEOUT,
 )
 HOSTS = ("host-0", "host-1", "host-2")
 

@@ -1,7 +1,8 @@
-"""Power through the direct provisioner on an IPMI host whose OS ignores soft power off (as a
+"""Power through the direct provisioner on IPMI hosts. One whose OS ignores soft power off (as a
 hung OS does): powering off softly falls back to a hard power off after the soft timeout; the
 reboot annotation powers off and on again; detaching drops the host's session and attaching
-again registers anew. No agent is involved: the host is externally provisioned."""
+again registers anew (no agent: the host is externally provisioned). One whose BMC acknowledges
+power requests and loses them: each is sent again, the agent's boot included."""
 
 from __future__ import annotations
 
@@ -15,16 +16,22 @@ import anyio
 import pytest
 
 from baremetalhost.kit import cluster, state
+from loopdev import LoopDevices
 from metal3.bmc.emulators import IPMISimulator
 from metal3.kube.resources import BAREMETALHOSTS, SECRETS
-from metal3.provisioner.direct.settings import DirectSettings
+from metal3.provisioner.direct.settings import AgentBootMedia, DirectSettings
 from provisioner.harness import (
+    Disk,
+    GiB,
     IPMIView,
     Notifications,
+    PlayedHost,
     PowerLog,
     bare_metal_host,
     bmc_secret,
     direct_operator,
+    make_sysroot,
+    played,
 )
 
 pytestmark = pytest.mark.anyio
@@ -127,3 +134,65 @@ async def test_soft_off_falls_back_to_hard_reboot_and_detach(
                 while uid not in factory.sessions or not factory.sessions[uid].registered:
                     await anyio.sleep(0.05)
             assert view.read().on  # detaching and attaching left the power alone
+
+
+async def test_power_requests_the_bmc_lost_are_sent_again(
+    kubeconfig: Path,
+    namespace: str,
+    tmp_path: Path,
+    loop_devices: LoopDevices,
+    notifications: Notifications,
+) -> None:
+    """The BMC answers every power request and loses the 1st (the agent's boot for inspection)
+    and the 3rd (the power off after it), as sushy-tools' libvirt driver lost a power off that
+    came 70 ms after a power on. Each is sent again after `power_resend_interval`: the host is
+    inspected with one agent boot and ends off, well before the power timeout (which, before
+    the re-send, was the only way on: an inspection error for the power off)."""
+    resend = 2.0
+    settings = DirectSettings(
+        media=AgentBootMedia(network_boot_server="the test, playing the host"),
+        agent_timeout=120.0,
+        poll_interval=0.2,
+        agent_poll_interval=2.0,
+        power_timeout=100.0,
+        power_resend_interval=resend,
+    )
+    mac = "52:54:00:99:00:02"
+    disk = Disk(loop_devices.new(4 * GiB), "LAB SSD", "lossy-ssd", rotational=False)
+    sysroot = make_sysroot(tmp_path / "sysroot", mac, [disk])
+    with IPMISimulator(
+        users={USER: PASSWORD},
+        lose_power_requests=[1, 3],
+        notify_url=notifications.ipmi_url("lossy"),
+    ) as sim:
+        view = IPMIView(sim, USER, PASSWORD)
+        async with (
+            cluster(kubeconfig, namespace) as c,
+            direct_operator(kubeconfig, namespace, tmp_path / "tls", settings) as (_, agent, _f),
+        ):
+            host = PlayedHost("lossy", view, mac, sysroot, tmp_path / "host", agent)
+            with played(notifications, [host]):
+                await c.client.create(SECRETS, bmc_secret("lossy-bmc", namespace, USER, PASSWORD))
+                created = time.monotonic()
+                await c.client.create(
+                    BAREMETALHOSTS,
+                    bare_metal_host(
+                        "lossy", namespace, sim.address(), mac, automatedCleaningMode="disabled"
+                    ),
+                )
+                obj = await c.wait_for(
+                    "lossy",
+                    lambda o: (
+                        state(o) == "available"
+                        or bool(((o or {}).get("status") or {}).get("errorType"))
+                    ),
+                    what="available (or an error)",
+                    timeout=60,
+                )
+                took = time.monotonic() - created
+                assert state(obj) == "available", obj["status"]
+                assert obj["status"]["hardware"]["nics"][0]["mac"] == mac
+                assert not view.read().on
+                assert powered(obj) is False
+            assert host.boots == ["agent"]  # the lost boot was not taken for a boot
+            assert took >= 2 * resend  # two requests were sent again, each after the interval

@@ -26,7 +26,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid as uuidlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -389,12 +389,15 @@ class IPMISimulator(_Process):
         users: Mapping[str, str],
         port: int | None = None,
         ignore_soft_off: bool = False,
+        lose_power_requests: Collection[int] = (),
         notify_url: str | None = None,
         workdir: Path | None = None,
         exit_with_parent: bool = False,
     ) -> None:
         super().__init__("metal3-ipmisim-", workdir=workdir, exit_with_parent=exit_with_parent)
         self.ignore_soft_off = ignore_soft_off
+        #: numbers (from 1) of the power requests the BMC acknowledges and then loses
+        self.lose_power_requests = sorted(lose_power_requests)
         #: where the simulator POSTs its state after every power or boot change
         self.notify_url = notify_url
         if not users:
@@ -436,6 +439,11 @@ class IPMISimulator(_Process):
                 str(ready),
                 "--exit-with-parent",
                 *(["--ignore-soft-off"] if self.ignore_soft_off else []),
+                *(
+                    ["--lose-power-requests", ",".join(map(str, self.lose_power_requests))]
+                    if self.lose_power_requests
+                    else []
+                ),
                 *(["--notify-url", self.notify_url] if self.notify_url else []),
             ],
             env={"NO_PROXY": _NO_PROXY, "no_proxy": _NO_PROXY},

@@ -33,7 +33,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,10 +104,15 @@ class SimulatedBMC(pyghmi_bmc.Bmc):  # type: ignore[misc]
         address: str,
         port: int,
         ignore_soft_off: bool = False,
+        lose_power_requests: Collection[int] = (),
         notify_url: str | None = None,
     ) -> None:
         super().__init__(dict(users), port=port, address=address)
         self.ignore_soft_off = ignore_soft_off
+        #: numbers (from 1) of the power on/off requests to acknowledge and then do nothing
+        #: with, as a BMC that loses a request does
+        self.lose_power_requests = frozenset(lose_power_requests)
+        self.power_requests = 0
         self.notify_url = notify_url
         self._outbox: queue.Queue[bytes] = queue.Queue()
         if notify_url is not None:
@@ -227,13 +232,24 @@ class SimulatedBMC(pyghmi_bmc.Bmc):  # type: ignore[misc]
             self.notify(f"power-{state}")
         return 0
 
+    def _lost(self, request: str) -> bool:
+        with self.lock:
+            self.power_requests += 1
+            number = self.power_requests
+        if number in self.lose_power_requests:
+            log.info("power request %d (%s) acknowledged and lost, as asked", number, request)
+            return True
+        return False
+
     def power_on(self) -> int:
-        return self._set_power("on")
+        return 0 if self._lost("on") else self._set_power("on")
 
     def power_off(self) -> int:
-        return self._set_power("off")
+        return 0 if self._lost("off") else self._set_power("off")
 
     def power_shutdown(self) -> int:
+        if self._lost("soft off"):
+            return 0
         # The simulated OS shuts down at once, or (like a hung OS) ignores the ACPI request.
         if self.ignore_soft_off:
             log.info("soft off requested and ignored")
@@ -312,6 +328,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--ignore-soft-off", action="store_true", help="accept soft off but stay on (a hung OS)"
     )
     parser.add_argument(
+        "--lose-power-requests",
+        default="",
+        metavar="N,N",
+        help="numbers (from 1) of power on/off requests to acknowledge and ignore (tests)",
+    )
+    parser.add_argument(
         "--exit-with-parent",
         action="store_true",
         help="stop when the process that started this one goes away (tests)",
@@ -342,6 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         address=args.address,
         port=args.port,
         ignore_soft_off=args.ignore_soft_off,
+        lose_power_requests=[int(n) for n in args.lose_power_requests.split(",") if n],
         notify_url=args.notify_url,
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -223,9 +223,11 @@ class DirectProvisioner:
     async def _power(self, on: bool, *, hard: bool = True) -> Result | None:
         """Bring the host to power on/off; None once it is there, else in progress or failed.
 
-        Non-blocking: a request is sent once and its effect polled (BMCs apply power changes
-        seconds later). Soft power off falls back to a hard one when the BMC refuses it or
-        after `soft_power_off_timeout` (Ironic's default, which upstream relies on).
+        Non-blocking: a request is sent and its effect polled (BMCs apply power changes
+        seconds later); one whose effect has not shown after `power_resend_interval` is sent
+        again, up to `power_timeout`. Soft power off falls back to a hard one when the BMC
+        refuses it or after `soft_power_off_timeout` (Ironic's default, which upstream relies
+        on).
         """
         session, settings = self.session, self.settings
         state = await self._read_power()
@@ -257,13 +259,27 @@ class DirectProvisioner:
             action = PowerAction.SOFT_OFF
         request = session.power_request
         if request is not None and request.action == action:
-            if action == PowerAction.SOFT_OFF or now - request.at < settings.power_timeout:
+            if action == PowerAction.SOFT_OFF:
+                return poll  # the soft timeout above decides
+            if now - request.at >= settings.power_timeout:
+                session.power_request = None
+                raise StepFailed(
+                    f"the host did not power {'on' if on else 'off'} within "
+                    f"{_seconds(settings.power_timeout)} of the request to its BMC"
+                )
+            if now - max(request.at, request.sent) < settings.power_resend_interval:
                 return poll
-            session.power_request = None
-            raise StepFailed(
-                f"the host did not power {'on' if on else 'off'} within "
-                f"{_seconds(settings.power_timeout)} of the request to its BMC"
+            log.info(
+                "%s: power %s requested %s ago has not shown; sending it again",
+                self.name,
+                action,
+                _seconds(now - request.at),
             )
+            if not request.sent:
+                session.calls.forget(f"power-{action}")  # never the first send's outcome
+            await self._bmc_call(f"power-{action}", lambda bmc: bmc.request_power(action))
+            request.sent = now
+            return self._power_poll(0.0)
         if not on:
             await self._end_agent_session()
         if action == PowerAction.SOFT_OFF:
@@ -419,18 +435,23 @@ class DirectProvisioner:
             log.info("%s: powering off to boot the agent for %s", self.name, work.name)
             return await self._power(False) or in_progress(settings.poll_interval)
         if state == BMCPower.OFF:
-            if (
-                boot is not None
-                and boot.phase == "starting"
-                and now - boot.started < settings.power_timeout
-            ):
+            if boot is not None and boot.phase == "starting":
                 # Our power on is on its way, unless the boot call that outlived its
                 # reconcile failed since: then that is the step's error (or a retry).
                 error = session.calls.take_failure("boot-agent")
-                if error is None:
+                if error is not None:
+                    session.boot = session.power_request = None
+                    raise error
+                if now - boot.started < settings.power_resend_interval:
                     return in_progress(settings.poll_interval)
-                session.boot = session.power_request = None
-                raise error
+                # Still off: the BMC lost the power on (or the boot device); boot again
+                # (the agent timeout, from the first boot request, still bounds it all).
+                log.info(
+                    "%s: the agent's boot requested %s ago has not powered the host on; "
+                    "booting it again",
+                    self.name,
+                    _seconds(now - boot.started),
+                )
             await self._records().expect_agent(host)  # the agent we boot gets a new token
             starting = AgentBoot(since=boot.since if boot else now, phase="starting", started=now)
             session.calls.forget("boot-agent")  # a new boot: no earlier boot's outcome

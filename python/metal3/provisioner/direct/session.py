@@ -40,7 +40,8 @@ class Access:
 @dataclass
 class PowerRequest:
     action: PowerAction
-    at: float  # monotonic time of the request
+    at: float  # monotonic time of the first request (the power timeout runs from it)
+    sent: float = 0.0  # monotonic time it was last sent again (0: never re-sent)
 
 
 @dataclass

@@ -47,6 +47,10 @@ class DirectSettings:
     soft_power_off_timeout: float = UPSTREAM_SOFT_POWER_OFF_TIMEOUT
     #: seconds a requested power state may take to show before the request is an error
     power_timeout: float = 120.0
+    #: seconds after which a power request (or an agent boot) whose effect has not shown is
+    #: sent again: a BMC may acknowledge a request and lose it (sushy-tools' libvirt driver
+    #: did, for a power off 70 ms after a power on), as Ironic's power-state sync re-sends
+    power_resend_interval: float = 20.0
     #: the longest a reconcile waits for a BMC call; a slower call finishes in the background
     #: and wakes the host's reconcile when it is done
     bmc_wait: float = 2.0

@@ -47,6 +47,7 @@ from metal3.agent.runner import (
     settings_from_cmdline,
 )
 from metal3.agentapi.records import AgentRecords
+from metal3.agentapi.tokens import new_token
 from metal3.kube.resources import BAREMETALHOSTS, SECRETS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -613,3 +614,75 @@ async def test_the_runner_stops_when_the_operator_ends_its_session(
         assert cleanings == []
         record = await AgentRecords(h.client).get(host)
         assert not record.token_hash  # the lagging agent took no token of the next boot
+
+
+@pytest.mark.anyio
+async def test_a_token_kept_from_an_earlier_boot_is_dropped_and_the_lost_one_reported(
+    apiserver: ServerProcess, tmp_path: Path
+) -> None:
+    """The agent's state folder outlived its boot (the lab keeps it) and holds the inspection
+    boot's token, whose session the operator ended; the cleaning boot's token was issued to a
+    lookup whose answer was lost (the operator killed mid-lookup). The cleaning boot's agent
+    tries the kept token, is told that session is over (410), drops it and looks up again
+    saying it holds none, so the operator learns the token was lost (it boots the host again)
+    instead of waiting for an agent that exited. Then it takes the next boot's token and does
+    the cleaning; a 410 for that token, received in this run, ends it."""
+    cleanings: list[int] = []
+    namespace = f"t-{secrets.token_hex(4)}"
+    state_dir = tmp_path / "state"
+    async with serving(apiserver.kubeconfig, namespace, tmp_path, poll_seconds=1.0) as h:
+        h.api.agent_boot_required = True
+        host = await h.create_host("h1", MAC_A)
+        seen = await h.set_status("h1", "inspecting")
+        await h.wait_seen("h1", seen["metadata"]["resourceVersion"])
+        await h.api.records.expect_agent(host)
+
+        def runner() -> Runner:
+            return Runner(
+                RunnerOptions(
+                    api_url=h.url, ca_file=h.ca_file, state_dir=state_dir, macs=[MAC_A],
+                    handlers={"inspect": lambda args: {"hostname": "h1"},
+                              "clean": lambda args: cleanings.append(1) or {}},
+                    lookup_interval=0.2,
+                )
+            )  # fmt: skip
+
+        inspection = runner()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, inspection.run)
+            with anyio.fail_after(60):
+                while not (await AgentRecords(h.client).get(host)).results:
+                    await anyio.sleep(0.1)
+            await h.api.records.agent_gone(host)  # its session ends: it exits
+        inspection.client.close()
+        assert AgentState.load(state_dir).token  # kept in the state, as the lab keeps it
+
+        await h.set_status("h1", "preparing")
+        await h.api.records.expect_agent(host)
+        await h.api.records.update(host, lambda r: r.issue_token(new_token()[1]))  # lost
+        cleaning = runner()
+        exit_codes: list[int] = []
+        async with anyio.create_task_group() as tg:
+
+            async def run() -> None:
+                exit_codes.append(await anyio.to_thread.run_sync(cleaning.run))
+
+            tg.start_soon(run)
+            with anyio.fail_after(30):
+                while not (await AgentRecords(h.client).get(host)).token_lost:
+                    await anyio.sleep(0.1)
+            assert exit_codes == []  # still looking up, not gone
+            assert not AgentState.load(state_dir).token
+            # The operator boots the host again: the agent takes the new boot's token.
+            await h.api.records.agent_gone(host)
+            await h.api.records.expect_agent(host)
+            with anyio.fail_after(60):
+                while not cleanings:
+                    await anyio.sleep(0.1)
+            with anyio.fail_after(30):
+                while not (await AgentRecords(h.client).get(host)).latest("clean"):
+                    await anyio.sleep(0.1)
+            await h.api.records.agent_gone(host)
+        cleaning.client.close()
+        assert exit_codes == [0]
+        assert cleanings == [1]

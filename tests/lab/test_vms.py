@@ -27,7 +27,7 @@ import pytest
 from lab.helpers import RootNamespace, root_namespace, root_namespace_sockets, run_metal3
 from metal3.bmc import BMCAuthError, BootDevice, PowerState, connect
 from metal3.bmc.credentials import Credentials
-from metal3.lab import profiles
+from metal3.lab import profiles, vms
 from metal3.lab.resources import Journal, lab_prefixes, leftovers, process_start_time
 from metal3.lab.state import LabHost, LabInfo, load_lab
 
@@ -189,14 +189,19 @@ def test_lab_json_and_domains_match(vmlab: VmLab) -> None:
         assert macs == list(host.macs) == [host.boot_mac]
         bridges = [s.get("bridge") for s in xml.findall("devices/interface/source")]
         assert bridges == ["br0"]
+        # The BIOS's boot disk (the guest's second) is libvirt's first, `vda`; PCI slots
+        # keep the guest's order.
+        assert host.vm.boot_disk == 1
         sources = [d.find("source").get("file") for d in xml.findall("devices/disk")]  # type: ignore[union-attr]
-        assert sources == list(host.disks)
+        assert sources == [host.disks[1], host.disks[0]]
+        slots = [int(str(a.get("slot")), 16) for a in xml.findall("devices/disk/address")]
+        assert slots == [vms.DISK_SLOT + 1, vms.DISK_SLOT]
         sizes = [
             int(vmlab.virsh("domblkinfo", host.name, target).split("\n")[0].split()[-1])
-            for target in ("vda", "vdb")
+            for target in ("vdb", "vda")  # the guest's order
         ]
         assert sizes == list(host.vm.disk_sizes) == [os.stat(d).st_size for d in host.disks]
-        assert sizes[0] != sizes[1]
+        assert sizes == [4 << 30, 6 << 30]
         serial = xml.find("devices/serial/source")
         assert serial is not None and serial.get("path") == host.vm.console_log
         assert vmlab.domstate(host.name) == "shut off"
@@ -380,8 +385,6 @@ def test_vm_plans_and_refusals() -> None:
 
 
 def test_domain_xml_and_console_tail(tmp_path: Path) -> None:
-    from metal3.lab import vms
-
     spec = vms.VmSpec(
         name="vm-7",
         uuid="0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
@@ -391,6 +394,7 @@ def test_domain_xml_and_console_tail(tmp_path: Path) -> None:
         bridge="br0",
         disks=((tmp_path / "disk0", 4 << 30), (tmp_path / "disk1", 6 << 30)),
         console_log=tmp_path / "console.log",
+        boot_disk=1,
     )
     xml = ET.fromstring(vms.domain_xml(spec))
     assert xml.get("type") == "qemu"
@@ -401,9 +405,19 @@ def test_domain_xml_and_console_tail(tmp_path: Path) -> None:
         if e.find("boot") is not None
     }
     assert order == {("interface", "bridge"): "1", ("disk", "file"): "2"}
+    # The boot disk first (the BMCs give the first disk element the boot priority), as `vda`;
+    # its PCI slot after the other's keeps it the guest's second disk.
+    disks = xml.findall("devices/disk")
+    assert [d.find("source").get("file") for d in disks] == [  # type: ignore[union-attr]
+        str(tmp_path / "disk1"),
+        str(tmp_path / "disk0"),
+    ]
+    assert [d.find("target").get("dev") for d in disks] == ["vda", "vdb"]  # type: ignore[union-attr]
+    assert disks[0].find("boot") is not None and disks[1].find("boot") is None
+    assert [d.find("address").get("slot") for d in disks] == ["0x11", "0x10"]  # type: ignore[union-attr]
     assert [s.text for s in xml.findall("devices/disk/serial")] == [
-        profiles.disk_serial("vm-7", 0),
         profiles.disk_serial("vm-7", 1),
+        profiles.disk_serial("vm-7", 0),
     ]
     vms.make_disks(spec)
     assert [os.stat(p).st_size for p, _ in spec.disks] == [4 << 30, 6 << 30]

@@ -5,14 +5,14 @@ network namespace).
 - vm-0 is `redfish-virtualmedia` (sushy-tools' libvirt driver): the agent boots from the
   ramdisk ISO the BMC inserts; vm-1 is `ipmi` (virtualbmc): it boots the ramdisk from the
   network (the lab's boot server: DHCP, iPXE, HTTP).
-- register, inspect (the inventory is the VM's virtual hardware: two disks, of 6 and 4 GiB,
-  the domain's MAC), prepare (metadata cleaning), provision the test OS (`metal3 lab
-  os-image`, a qcow2) with user data and meta data to the disk that root-device hints choose:
-  the first, 6 GiB one, where Ironic's default would take the second (the smallest of at
-  least 4 GiB). The VM boots from that disk (its BIOS boots only the first disk: see
+- register, inspect (the inventory is the VM's virtual hardware: two disks, /dev/vda of 4 GiB
+  and /dev/vdb of 6 GiB, the domain's MAC), prepare (metadata cleaning), provision the test OS
+  (`metal3 lab os-image`, a qcow2) with user data and meta data to the disk that root-device
+  hints choose: the second, where Ironic's default would take the first (the smallest of at
+  least 4 GiB). The VM boots from that disk (its BIOS's boot disk: see
   `metal3.lab.profiles.VM_PROFILE`) and cloud-init reports the config drive's hostname and
-  user data on the serial console; deprovision cleans the disk (`blkid` finds no partition
-  table left); delete powers the VM off.
+  user data on the serial console, its root on /dev/vdb; deprovision cleans the disk (`blkid`
+  finds no partition table left); delete powers the VM off.
 
 The per-phase times of each VM are printed (`-s` shows them): power on to agent up, inspection,
 write, and reboot to cloud-init done.
@@ -42,6 +42,7 @@ from metal3.kube.client import ApiError
 from metal3.kube.resources import BAREMETALHOSTS, SECRETS
 from metal3.lab.osimage import read_report
 from metal3.lab.profiles import disk_serial
+from metal3.lab.vms import DISK_SLOT
 from metal3.provisioner.direct.settings import DirectSettings
 from provisioner.labkit import LabRun, lab_operator, lab_up, metal3, partition_table_type
 
@@ -185,7 +186,7 @@ async def _lifecycle(c: Cluster, namespace: str, run: LabRun, vm: Vm, image: Ser
     manifest["spec"].update(
         online=True,
         automatedCleaningMode="metadata",
-        rootDeviceHints={"serialNumber": disk_serial(name, 0)},  # not the default disk
+        rootDeviceHints={"serialNumber": disk_serial(name, 1)},  # not the default disk
     )
     started = time.monotonic()
     await c.client.create(BAREMETALHOSTS, manifest)
@@ -206,10 +207,16 @@ async def _phases(
     vm.times["register to available (inspection and cleaning)"] = time.monotonic() - started
     vm.times["inspection"] = _history_seconds(ready, "inspect")
     hardware = ready["status"]["hardware"]
-    sizes = [d["sizeBytes"] for d in hardware["storage"]]
-    assert sorted(sizes) == [4 << 30, 6 << 30], hardware["storage"]
-    serials = {d["serialNumber"] for d in hardware["storage"]}
-    assert serials == {disk_serial(name, 0), disk_serial(name, 1)}
+    assert run.hosts[name]["vm"]["boot_disk"] == 1  # the BIOS boots the second disk
+    disks = [
+        (d["name"], sorted(d["alternateNames"]), d["sizeBytes"], d["serialNumber"])
+        for d in hardware["storage"]
+    ]
+    slot = [f"/dev/disk/by-path/pci-0000:00:{DISK_SLOT + i:02x}.0" for i in (0, 1)]
+    assert sorted(disks) == [
+        (slot[0], [slot[0], "/dev/vda"], 4 << 30, disk_serial(name, 0)),
+        (slot[1], [slot[1], "/dev/vdb"], 6 << 30, disk_serial(name, 1)),
+    ], hardware["storage"]
     assert [n["mac"] for n in hardware["nics"]] == _domain_macs(run, name)
     firmware = vm.console_text()
     if vm.kind == "ipmi":  # network boot: SeaBIOS, iPXE, a lease from the lab's boot server
@@ -241,10 +248,10 @@ async def _phases(
     assert report.datasource == "ConfigDrive", console[-3000:]
     assert report.hostname == hostname
     assert report.user_data_sha256 == hashlib.sha256(USER_DATA).hexdigest()
-    assert (report.get("source") or "").startswith("/dev/vda"), console[-3000:]
+    assert (report.get("source") or "").startswith("/dev/vdb"), console[-3000:]
     assert MARKER in console
-    assert partition_table_type(vm.disks[0]) == "dos"  # the OS image's MBR, where hinted
-    assert partition_table_type(vm.disks[1]) == ""  # the default disk was never written
+    assert partition_table_type(vm.disks[1]) == "dos"  # the OS image's MBR, where hinted
+    assert partition_table_type(vm.disks[0]) == ""  # the default disk was never written
     status = await anyio.to_thread.run_sync(
         lambda: metal3("lab", "status", "--data-dir", str(run.dir))
     )
@@ -253,7 +260,7 @@ async def _phases(
     # Deprovisioning cleans the disk; deleting powers the VM off.
     await c.client.patch(BAREMETALHOSTS, namespace, name, {"spec": {"image": None}})
     await _wait_state(c, name, "available", PHASE_TIMEOUT)
-    assert partition_table_type(vm.disks[0]) == ""
+    assert partition_table_type(vm.disks[1]) == ""
     await c.client.delete(BAREMETALHOSTS, namespace, name)
     await c.wait_for(name, lambda o: o is None, timeout=PHASE_TIMEOUT, what="deletion")
 
@@ -309,13 +316,13 @@ async def test_a_vm_whose_agent_never_calls_back_and_a_wrong_checksum(
         host["spec"].update(
             online=True,
             automatedCleaningMode="disabled",
-            rootDeviceHints={"serialNumber": disk_serial(bad.name, 0)},
+            rootDeviceHints={"serialNumber": disk_serial(bad.name, 1)},
             image={"url": image.url, "checksum": "0" * 64, "checksumType": "sha256",
                    "format": "qcow2"},
         )  # fmt: skip
         before = len(bad.console.read_bytes()) if bad.console.exists() else 0
         assert await _domstate(run, bad.name) == "shut off"
-        await anyio.to_thread.run_sync(_zero, bad.disks[0])  # no bytes of an earlier test
+        await anyio.to_thread.run_sync(_zero, bad.disks[1])  # no bytes of an earlier test
         await c.client.create(BAREMETALHOSTS, host)
 
         def errored(obj: dict[str, Any] | None) -> bool:
@@ -334,8 +341,8 @@ async def test_a_vm_whose_agent_never_calls_back_and_a_wrong_checksum(
         with anyio.fail_after(120):
             while (await _domstate(run, lost.name)) != "shut off":
                 await anyio.sleep(1)
-        assert partition_table_type(bad.disks[0]) == ""  # nothing bootable was left ...
-        assert await anyio.to_thread.run_sync(_written_past_the_first_mib, bad.disks[0])  # ...
+        assert partition_table_type(bad.disks[1]) == ""  # nothing bootable was left ...
+        assert await anyio.to_thread.run_sync(_written_past_the_first_mib, bad.disks[1])  # ...
         # of the image the agent streamed before the checksum showed it wrong
         console = bad.console_text(before)
         kernels = [line for line in console.splitlines() if "Command line:" in line]

@@ -363,6 +363,9 @@ class Runner:
             raise AgentError("no MAC address to look the host up by")
         self.poll_seconds = 30.0
         self.commands_done = 0
+        # Whether the token in use came from a lookup of this run, not from the state: one
+        # kept from an earlier run may belong to an earlier boot's session (see _authorized).
+        self.token_received = False
         # The operator has this machine's inventory from discovery (or already knew the
         # system): its lookups are refused until the host is registered and the operator
         # boots the agent itself, so a refusal (403) means "not yet", not "give up".
@@ -407,6 +410,7 @@ class Runner:
             self.state.host_uid = found.uid
             if found.token:
                 self.state.token = found.token
+                self.token_received = True
                 self._save()
                 log.info("host %s/%s: token received", found.namespace, found.name)
                 return
@@ -471,16 +475,27 @@ class Runner:
 
     def _authorized(self, call: Callable[[str, str], T], what: str) -> T:
         """``call(uid, token)``, retried while the operator is away, looked up again when
-        the token is refused (401: none held any more; 403: not ours)."""
+        the token is refused (401: none held any more; 403: not ours; 410 for a token kept
+        from an earlier run: its session is over). A 410 for the token this run received
+        ends the run (`SessionEndedError`)."""
         while True:
             try:
                 return retrying(lambda: call(self.state.host_uid, self.state.token), what)
             except AgentApiError as exc:
-                if exc.status == 410:
+                if exc.status == 410 and self.token_received:
                     raise SessionEndedError(exc.message) from None
-                if exc.status not in (401, 403):
+                if exc.status == 410:
+                    # The token kept in the state is an earlier session's (a state folder
+                    # that outlived its boot), and this boot's token, if the operator issued
+                    # one, never reached us: drop the old one and say so at the lookup, so
+                    # that the operator boots the host again rather than wait for us.
+                    log.warning("%s: the token kept in the state is over; dropping it", what)
+                    self.state.token = ""
+                    self._save()
+                elif exc.status not in (401, 403):
                     raise
-                log.warning("%s: %s; looking the host up again", what, exc.message)
+                else:
+                    log.warning("%s: %s; looking the host up again", what, exc.message)
                 self.identify(refused=True)
 
     # --- results ---------------------------------------------------------------------

@@ -74,6 +74,12 @@ class VmDemoHost:
         assert self.lab.vm is not None
         return Path(self.lab.vm.console_log)
 
+    @property
+    def boot_disk(self) -> int:
+        """The disk (index) the VM's BIOS boots."""
+        assert self.lab.vm is not None
+        return self.lab.vm.boot_disk
+
 
 class VmBoard(Board):
     header = f"{'HOST':<6} {'BMC':<21} {'STATE':<14} {'POWER':<6} {'STEP':<20} SERIAL CONSOLE"
@@ -215,9 +221,9 @@ class VmSession:
         manifest = self.manifests[host.name]
         manifest["spec"].update(
             online=True,
-            # The first disk (the one this VM's BIOS boots), where Ironic's default root
-            # device would be the second, smaller one.
-            rootDeviceHints={"serialNumber": disk_serial(host.name, 0)},
+            # The disk this VM's BIOS boots (its second), where Ironic's default root device
+            # would be the first, smaller one.
+            rootDeviceHints={"serialNumber": disk_serial(host.name, host.boot_disk)},
             image={"url": self.image_url, "checksum": self.image_sha256,
                    "checksumType": "sha256", "format": "qcow2"},
             userData={"name": f"{host.name}-user-data", "namespace": NAMESPACE},

@@ -42,6 +42,9 @@ class Profile:
     disks: tuple[DiskSpec, ...]
     nics: int
     uefi: bool = True
+    #: the disk (index in `disks`) the firmware boots when told to boot from disk: its first
+    #: in hard-disk priority, as set in a server's BIOS setup
+    boot_disk: int = 0
 
     @property
     def memory_mib(self) -> int:
@@ -161,20 +164,22 @@ VM_PROFILE = Profile(
     cpu_max_mhz=0,
     dimm_gib=(1,),
     disks=(
-        DiskSpec(6 * GiB, "QEMU virtio 6G", "0x1af4", rotational=True, tran="virtio"),
         DiskSpec(4 * GiB, "QEMU virtio 4G", "0x1af4", rotational=True, tran="virtio"),
+        DiskSpec(6 * GiB, "QEMU virtio 6G", "0x1af4", rotational=True, tran="virtio"),
     ),
     nics=1,
     uefi=False,
+    boot_disk=1,
 )
 """The one profile of `lab up --vms` hosts (not in PROFILES: process hosts never take it):
 a TCG virtual machine of 1 vCPU and 1 GiB (TCG is CPU-heavy and the machines are shared),
 two virtio disks of different sizes (raw sparse files) and one virtio NIC, booting by BIOS.
 
-The larger disk comes first: it is the one the BIOS boots. SeaBIOS, told by a BMC to boot
-from disk, tries the first hard disk only ("No bootable device" when the image is on the
-second), so an image must go there, and only root-device hints put it there: Ironic's
-default root device (the smallest disk of at least 4 GiB) is the second disk."""
+The BIOS boots the second disk (6 GiB, /dev/vdb), as a server set up to boot its OS disk:
+SeaBIOS, told by a BMC to boot from disk, tries its first hard disk only ("No bootable
+device" otherwise), and the VM's disk priority puts the second one first. Ironic's default
+root device (the smallest disk of at least 4 GiB) is the first disk, so only root-device
+hints put an image where the VM boots it."""
 
 
 def profile_for(index: int, chosen: str | None = None) -> Profile:

@@ -15,7 +15,7 @@ is ready, and removed when it is taken down. Its keys:
                 "password"}, "boot_mac", "macs", "ip", "profile", "disks", "loop_devices",
                 "registered", "manifest",
                 "vm" (null for a process host): {"domain", "console_log", "memory_mib",
-                                                  "disk_sizes"}}]}
+                                                  "disk_sizes", "boot_disk"}}]}
 
 A VM host's `namespace` is the lab namespace (its NIC is a tap on the lab bridge), its `disks`
 are the raw files behind its virtio disks and it has no loop devices.
@@ -68,12 +68,14 @@ def read_json(path: Path) -> Any:
 
 @dataclass(frozen=True)
 class VmInfo:
-    """What a VM host is in libvirt: its domain, serial console log, memory and disk sizes."""
+    """What a VM host is in libvirt: its domain, serial console log, memory, disk sizes (in
+    the guest's order) and the disk its BIOS boots (an index into them)."""
 
     domain: str
     console_log: str
     memory_mib: int
     disk_sizes: tuple[int, ...]
+    boot_disk: int = 0
 
     def to_json(self) -> JsonObject:
         return {
@@ -81,6 +83,7 @@ class VmInfo:
             "console_log": self.console_log,
             "memory_mib": self.memory_mib,
             "disk_sizes": list(self.disk_sizes),
+            "boot_disk": self.boot_disk,
         }
 
     @classmethod
@@ -90,6 +93,7 @@ class VmInfo:
             console_log=str(raw["console_log"]),
             memory_mib=int(raw["memory_mib"]),
             disk_sizes=tuple(int(s) for s in raw["disk_sizes"]),
+            boot_disk=int(raw.get("boot_disk", 0)),
         )
 
 

@@ -107,6 +107,7 @@ class VmLab:
                     (folder.disk(index), disk.size) for index, disk in enumerate(plan.profile.disks)
                 ),
                 console_log=folder.console_log,
+                boot_disk=plan.profile.boot_disk,
             )
             vms.make_disks(spec)
             vms.define(self.uri, spec, folder.domain_xml)
@@ -141,6 +142,7 @@ class VmLab:
                 console_log=str(spec.console_log),
                 memory_mib=spec.memory_mib,
                 disk_sizes=tuple(size for _, size in spec.disks),
+                boot_disk=spec.boot_disk,
             ),
         )
 

@@ -6,9 +6,19 @@ kernels run slower under, and `-cpu host` aborts) with the VM profile (see
 `metal3.lab.profiles.VM_PROFILE`): its disks are raw sparse files `DIR/hosts/NAME/diskN`
 (virtio, with stable serial numbers), its one virtio NIC has the host's stable MAC on the lab
 bridge, its BIOS (SeaBIOS) and serial console write to `DIR/hosts/NAME/console.log` (appended
-across boots), and it boots from the network first, then the first disk, until its BMC sets
-another boot device. The domain's UUID is the host's system UUID (so SMBIOS, Redfish and the
-agent all see the same one); its name is the host's name.
+across boots), and it boots from the network first, then its boot disk, until its BMC sets
+another boot device.
+
+Which disk the BIOS boots: both BMCs give the boot priority to the domain's first disk
+element (sushy-tools numbers the disks' boot order in the definition's order; virtualbmc sets
+`<os><boot dev='hd'/>`, for which libvirt gives the first disk bootindex 1), and libvirt keeps
+disks ordered by target name. So the boot disk is defined first, as target `vda`, and every
+disk has a fixed PCI slot in the guest's order (`DISK_SLOT` + its index): the guest names its
+disks by PCI order, so the boot disk of a profile whose `boot_disk` is 1 is the guest's
+/dev/vdb although libvirt calls it `vda`.
+
+The domain's UUID is the host's system UUID (so SMBIOS, Redfish and the agent all see the same
+one); its name is the host's name.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from metal3.lab.profiles import disk_serial
 
 EMULATOR = "/usr/bin/qemu-system-x86_64"
 MACHINE = "q35"  # sushy-tools puts virtual media CDs on its SATA controller
+DISK_SLOT = 0x10  # disk N sits at 0000:00:(DISK_SLOT + N).0, on the root complex
 
 
 @dataclass(frozen=True)
@@ -32,8 +43,9 @@ class VmSpec:
     cpus: int
     mac: str
     bridge: str
-    disks: tuple[tuple[Path, int], ...]  # (raw file, size in bytes), in boot order
+    disks: tuple[tuple[Path, int], ...]  # (raw file, size in bytes), in the guest's order
     console_log: Path
+    boot_disk: int = 0  # the disk (index in `disks`) the BIOS boots when told "disk"
 
 
 def domain_xml(vm: VmSpec) -> str:
@@ -59,14 +71,19 @@ def domain_xml(vm: VmSpec) -> str:
     ET.SubElement(nic, "source", bridge=vm.bridge)
     ET.SubElement(nic, "model", type="virtio")
     ET.SubElement(nic, "boot", order="1")
-    for index, (path, _size) in enumerate(vm.disks):
+    others = [index for index in range(len(vm.disks)) if index != vm.boot_disk]
+    for position, index in enumerate([vm.boot_disk, *others]):  # the boot disk first
         disk = ET.SubElement(devices, "disk", type="file", device="disk")
         ET.SubElement(disk, "driver", name="qemu", type="raw", cache="unsafe")
-        ET.SubElement(disk, "source", file=str(path))
-        ET.SubElement(disk, "target", dev=f"vd{chr(ord('a') + index)}", bus="virtio")
+        ET.SubElement(disk, "source", file=str(vm.disks[index][0]))
+        ET.SubElement(disk, "target", dev=f"vd{chr(ord('a') + position)}", bus="virtio")
         ET.SubElement(disk, "serial").text = disk_serial(vm.name, index)
-        if index == 0:
+        if position == 0:
             ET.SubElement(disk, "boot", order="2")
+        slot = f"0x{DISK_SLOT + index:02x}"
+        ET.SubElement(
+            disk, "address", type="pci", domain="0x0000", bus="0x00", slot=slot, function="0x0"
+        )
     serial = ET.SubElement(devices, "serial", type="file")
     ET.SubElement(serial, "source", path=str(vm.console_log), append="on")
     ET.SubElement(serial, "target", port="0")

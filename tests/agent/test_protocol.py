@@ -33,7 +33,7 @@ import anyio
 import pytest
 import yaml
 
-from agentapi.harness import serving
+from agentapi.harness import Harness, serving
 from apiserver.apiserver_kit import ServerProcess, current_kubectl
 from loopdev import LoopDevices, make_backing
 from metal3.agent.client import AgentApiError, AgentClient, retrying
@@ -573,6 +573,41 @@ def test_local_macs_are_the_machines_as_ip_reports_them() -> None:
     assert local_macs() == expected
 
 
+async def _inspecting_with_agent_booted(h: Harness) -> dict[str, Any]:
+    """Host h1 (MAC_A), inspecting, with its agent boot expected (tokens only to booted
+    agents, as the direct provisioner runs it)."""
+    h.api.agent_boot_required = True
+    host = await h.create_host("h1", MAC_A)
+    seen = await h.set_status("h1", "inspecting")
+    await h.wait_seen("h1", seen["metadata"]["resourceVersion"])
+    await h.api.records.expect_agent(host)
+    return host
+
+
+def _inspect_and_clean_agent(h: Harness, state_dir: Path, cleanings: list[int]) -> Runner:
+    """An agent for h1 whose inspection reports a hostname and whose cleanings are counted."""
+    return Runner(
+        RunnerOptions(
+            api_url=h.url, ca_file=h.ca_file, state_dir=state_dir, macs=[MAC_A],
+            handlers={"inspect": lambda args: {"hostname": "h1"},
+                      "clean": lambda args: cleanings.append(1) or {}},
+            lookup_interval=0.2,
+        )
+    )  # fmt: skip
+
+
+async def _until_recorded(
+    h: Harness, host: dict[str, Any], command: str = "", timeout: float = 60
+) -> None:
+    """Until the host's agent record holds a result (of ``command``, if given)."""
+    with anyio.fail_after(timeout):
+        while True:
+            record = await AgentRecords(h.client).get(host)
+            if record.latest(command) if command else record.results:
+                return
+            await anyio.sleep(0.1)
+
+
 @pytest.mark.anyio
 async def test_the_runner_stops_when_the_operator_ends_its_session(
     apiserver: ServerProcess, tmp_path: Path
@@ -583,19 +618,8 @@ async def test_the_runner_stops_when_the_operator_ends_its_session(
     cleanings: list[int] = []
     namespace = f"t-{secrets.token_hex(4)}"
     async with serving(apiserver.kubeconfig, namespace, tmp_path, poll_seconds=1.0) as h:
-        h.api.agent_boot_required = True
-        host = await h.create_host("h1", MAC_A)
-        seen = await h.set_status("h1", "inspecting")
-        await h.wait_seen("h1", seen["metadata"]["resourceVersion"])
-        await h.api.records.expect_agent(host)
-        runner = Runner(
-            RunnerOptions(
-                api_url=h.url, ca_file=h.ca_file, state_dir=tmp_path / "state", macs=[MAC_A],
-                handlers={"inspect": lambda args: {"hostname": "h1"},
-                          "clean": lambda args: cleanings.append(1) or {}},
-                lookup_interval=0.2,
-            )
-        )  # fmt: skip
+        host = await _inspecting_with_agent_booted(h)
+        runner = _inspect_and_clean_agent(h, tmp_path / "state", cleanings)
         async with anyio.create_task_group() as tg:
             exit_codes: list[int] = []
 
@@ -603,9 +627,7 @@ async def test_the_runner_stops_when_the_operator_ends_its_session(
                 exit_codes.append(await anyio.to_thread.run_sync(runner.run))
 
             tg.start_soon(run)
-            with anyio.fail_after(60):
-                while not (await AgentRecords(h.client).get(host)).results:
-                    await anyio.sleep(0.1)
+            await _until_recorded(h, host)
             await h.api.records.agent_gone(host)
             await h.set_status("h1", "preparing")
             await h.api.records.expect_agent(host)  # the cleaning boot is on its way
@@ -631,28 +653,11 @@ async def test_a_token_kept_from_an_earlier_boot_is_dropped_and_the_lost_one_rep
     namespace = f"t-{secrets.token_hex(4)}"
     state_dir = tmp_path / "state"
     async with serving(apiserver.kubeconfig, namespace, tmp_path, poll_seconds=1.0) as h:
-        h.api.agent_boot_required = True
-        host = await h.create_host("h1", MAC_A)
-        seen = await h.set_status("h1", "inspecting")
-        await h.wait_seen("h1", seen["metadata"]["resourceVersion"])
-        await h.api.records.expect_agent(host)
-
-        def runner() -> Runner:
-            return Runner(
-                RunnerOptions(
-                    api_url=h.url, ca_file=h.ca_file, state_dir=state_dir, macs=[MAC_A],
-                    handlers={"inspect": lambda args: {"hostname": "h1"},
-                              "clean": lambda args: cleanings.append(1) or {}},
-                    lookup_interval=0.2,
-                )
-            )  # fmt: skip
-
-        inspection = runner()
+        host = await _inspecting_with_agent_booted(h)
+        inspection = _inspect_and_clean_agent(h, state_dir, cleanings)
         async with anyio.create_task_group() as tg:
             tg.start_soon(anyio.to_thread.run_sync, inspection.run)
-            with anyio.fail_after(60):
-                while not (await AgentRecords(h.client).get(host)).results:
-                    await anyio.sleep(0.1)
+            await _until_recorded(h, host)
             await h.api.records.agent_gone(host)  # its session ends: it exits
         inspection.client.close()
         assert AgentState.load(state_dir).token  # kept in the state, as the lab keeps it
@@ -660,7 +665,7 @@ async def test_a_token_kept_from_an_earlier_boot_is_dropped_and_the_lost_one_rep
         await h.set_status("h1", "preparing")
         await h.api.records.expect_agent(host)
         await h.api.records.update(host, lambda r: r.issue_token(new_token()[1]))  # lost
-        cleaning = runner()
+        cleaning = _inspect_and_clean_agent(h, state_dir, cleanings)
         exit_codes: list[int] = []
         async with anyio.create_task_group() as tg:
 
@@ -679,9 +684,7 @@ async def test_a_token_kept_from_an_earlier_boot_is_dropped_and_the_lost_one_rep
             with anyio.fail_after(60):
                 while not cleanings:
                     await anyio.sleep(0.1)
-            with anyio.fail_after(30):
-                while not (await AgentRecords(h.client).get(host)).latest("clean"):
-                    await anyio.sleep(0.1)
+            await _until_recorded(h, host, "clean", timeout=30)
             await h.api.records.agent_gone(host)
         cleaning.client.close()
         assert exit_codes == [0]

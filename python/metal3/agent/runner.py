@@ -482,9 +482,9 @@ class Runner:
             try:
                 return retrying(lambda: call(self.state.host_uid, self.state.token), what)
             except AgentApiError as exc:
-                if exc.status == 410 and self.token_received:
-                    raise SessionEndedError(exc.message) from None
                 if exc.status == 410:
+                    if self.token_received:
+                        raise SessionEndedError(exc.message) from None
                     # The token kept in the state is an earlier session's (a state folder
                     # that outlived its boot), and this boot's token, if the operator issued
                     # one, never reached us: drop the old one and say so at the lookup, so
@@ -492,10 +492,10 @@ class Runner:
                     log.warning("%s: the token kept in the state is over; dropping it", what)
                     self.state.token = ""
                     self._save()
-                elif exc.status not in (401, 403):
-                    raise
-                else:
+                elif exc.status in (401, 403):
                     log.warning("%s: %s; looking the host up again", what, exc.message)
+                else:
+                    raise
                 self.identify(refused=True)
 
     # --- results ---------------------------------------------------------------------

@@ -275,8 +275,6 @@ class DirectProvisioner:
                 action,
                 _seconds(now - request.at),
             )
-            if not request.sent:
-                session.calls.forget(f"power-{action}")  # never the first send's outcome
             await self._bmc_call(f"power-{action}", lambda bmc: bmc.request_power(action))
             request.sent = now
             return self._power_poll(0.0)

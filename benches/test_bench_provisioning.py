@@ -73,6 +73,7 @@ from apiserver.apiserver_kit import current_kubectl
 from metal3.agentapi.records import AgentRecord, record_name
 from metal3.kube.client import KubeClient
 from metal3.kube.resources import BAREMETALHOSTS, SECRETS
+from metal3.lab.agents import READY_NICE
 
 QUICK = os.environ.get("METAL3_BENCH_QUICK") == "1"
 HOSTS = 10 if QUICK else 50
@@ -573,7 +574,7 @@ class CpuSampler:
                 tasks[(pid, 0)] = (kernel_group(comm), ticks)
             elif kind == "operator":
                 tasks[(pid, 0)] = ("operator (API server, reconciles, agent API)", ticks)
-            elif kind == "agent" and int(fields[16]) > 0:  # nice: a process kept ready
+            elif kind == "agent" and int(fields[16]) >= READY_NICE:  # a process kept ready
                 tasks[(pid, 0)] = ("agents: kept ready (nice 19)", ticks)
             elif kind == "agent":
                 tasks[(pid, 0)] = (AGENT_TOTAL, ticks)

@@ -17,6 +17,7 @@ from metal3.agent.client import AgentClient
 from metal3.agent.errors import AgentError
 from metal3.agentapi.ratelimit import RateLimit
 from metal3.agentapi.records import AgentRecords
+from metal3.kube.client import MERGE_PATCH
 from metal3.kube.resources import BAREMETALHOSTS
 
 pytestmark = pytest.mark.anyio
@@ -433,3 +434,38 @@ async def test_a_lookup_saying_it_has_no_token_marks_the_booted_agents_token_los
         bad = await h.refused(lambda: h.agent().request("POST", "/v1/lookup", {
             "mac_addresses": [MAC_A], "has_token": "no"}))  # fmt: skip
         assert bad.status == 400
+
+
+async def test_a_terminal_command_is_decided_on_the_host_as_it_is_now(
+    kubeconfig: Path, namespace: str, tmp_path: Path
+) -> None:
+    """An agent booted to deploy asks while the API's cache still has the host `available`
+    and offline, whose command is a power off. The API reads the host before it says so: the
+    agent gets the deploy, its session goes on (a power off would have ended it, and an agent
+    that powers the machine off itself would have undone its boot)."""
+    async with serving(kubeconfig, namespace, tmp_path) as h:
+        host = await h.create_host("h1", MAC_A, state="available", online=False)
+        uid, token = await lookup(h, MAC_A)
+        assert token is not None
+        stale = h.api.hosts.informer.store.get(namespace, "h1")
+        assert stale is not None
+        await h.client.patch(
+            BAREMETALHOSTS, namespace, "h1", {"spec": {"online": True, "image": IMAGE}},
+            content_type=MERGE_PATCH,
+        )  # fmt: skip
+        patched = await h.set_status("h1", "provisioning")
+        await h.wait_seen("h1", patched["metadata"]["resourceVersion"])
+        h.api.hosts.informer.store._items[(namespace, "h1")] = stale  # the cache lags
+        agent = h.agent()
+        command = await h.call(lambda: agent.command(uid, token))
+        assert command["command"] == "deploy"
+        record = await h.api.records.get(host)
+        assert record.token_hash  # the session goes on
+        # With the cache up to date, an offline available host's agent is told to power off.
+        offline = await h.client.patch(
+            BAREMETALHOSTS, namespace, "h1", {"spec": {"online": False}}, content_type=MERGE_PATCH
+        )
+        await h.wait_seen("h1", offline["metadata"]["resourceVersion"])
+        patched = await h.set_status("h1", "available")
+        await h.wait_seen("h1", patched["metadata"]["resourceVersion"])
+        assert (await h.call(lambda: agent.command(uid, token)))["command"] == "power_off"

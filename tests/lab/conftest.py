@@ -34,6 +34,7 @@ from metal3.lab.state import LabInfo, load_lab
 @dataclass
 class AgentApiStandIn:
     requests: list[tuple[str, str, Any]] = field(default_factory=list)
+    clients: list[str] = field(default_factory=list)  # each request's source address
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def lookups(self) -> list[dict[str, Any]]:
@@ -56,6 +57,7 @@ def agent_api_stand_in(info: LabInfo) -> Iterator[AgentApiStandIn]:
             body = json.loads(self.rfile.read(length) or b"null")
             with record.lock:
                 record.requests.append(("POST", self.path, body))
+                record.clients.append(self.client_address[0])
             answer = b'{"error": "no BareMetalHost has any of these MAC addresses"}'
             self.send_response(404)
             self.send_header("Content-Type", "application/json")

@@ -107,8 +107,10 @@ async def test_network_boot_starts_the_agent_and_power_off_stops_it(
         assert f"metal3.agent_api=https://{lab.info.agent_api_lab_address}" in cmdline
         await bmc.power_off(soft_wait=None, wait=30)
         wait_for(lambda: process_gone(pid), "host-0's agent to end")
-        state = lab.state("host-0")
-        assert state["power"] == "off"
+        # The BMC's report reaches the lab just after the change (as a real BMC's event).
+        state = wait_for(
+            lambda: (s := lab.state("host-0"))["power"] == "off" and s, "the lab to hear of it"
+        )
         assert state["agent"]["pid"] is None
 
 
@@ -254,7 +256,7 @@ async def test_power_off_lag_keeps_the_agent_running_that_long(tmp_path: Path) -
             await bmc.power_on(wait=30)
             pid = wait_for(lambda: agent_running(lab, "host-0"), "host-0's agent")
             await bmc.power_off(soft_wait=None, wait=30)
-            assert lab.state("host-0")["power"] == "off"
+            wait_for(lambda: lab.state("host-0")["power"] == "off", "the lab to hear of it")
             wait_for(lambda: process_gone(pid), "host-0's agent to end after the lag")
         # The lab's own notes, stamped when it acted: the lag began at the power off, and the
         # agent was stopped no sooner than 3 s later (whatever the load on this machine).

@@ -76,8 +76,8 @@ class _ShellAgent(agents.AgentSpec):
 
 def test_agent_kept_ready_yields_until_booted(tmp_path: Path) -> None:
     """The process kept ready runs at nice 19 in a session of its own whose scheduling group
-    is at nice 19 too (ours untouched); its boot gives both normal priority back and starts
-    the next one."""
+    is at nice 19 too (ours untouched); its boot gives both a booted agent's priority, and the
+    next one is started only when asked for again."""
     ours = _group(os.getpid())
     spec = _ShellAgent(
         namespace="unused", api_url="https://unused", ca_file=tmp_path / "ca.pem",
@@ -100,11 +100,54 @@ def test_agent_kept_ready_yields_until_booted(tmp_path: Path) -> None:
         assert _group(os.getpid()) == ours
         booted = launcher.start("test boot")
         assert booted is ready  # not started afresh
-        assert _nice(booted.pid) == 0
-        assert _group(booted.pid) in (None, (group[0] if group else "", 0))
+        assert _nice(booted.pid) == agents.AGENT_NICE
+        assert _group(booted.pid) in (None, (group[0] if group else "", agents.AGENT_NICE))
+        assert launcher._ready is None
+        launcher.prepare()
         assert launcher._ready is not None and launcher._ready is not booted
         assert _nice(launcher._ready.pid) == 19
     finally:
         launcher.close()
         ready.send_signal(signal.SIGKILL)
         ready.wait()
+
+
+def test_host_keeps_an_agent_ready_only_while_off_and_set_to_boot_it(tmp_path: Path) -> None:
+    """A ready agent is started at lab start, used by the agent's boot, and started again
+    only once the host is off with a boot device that boots the agent (network or CD): never
+    for a host that boots its disk next."""
+    import asyncio
+
+    from metal3.lab.hosts import BmcReport, Host
+    from metal3.lab.layout import HostPaths
+
+    spec = _ShellAgent(
+        namespace="unused", api_url="https://unused", ca_file=tmp_path / "ca.pem",
+        state_dir=tmp_path / "state", root=tmp_path / "root", macs=("02:00:00:00:00:01",),
+        log_path=tmp_path / "agent.log",
+    )  # fmt: skip
+    (tmp_path / "host").mkdir()
+    loop = asyncio.new_event_loop()
+    host = Host(
+        name="h", paths=HostPaths(tmp_path / "host"), agent=spec, disks=(),
+        boot_mac="02:00:00:00:00:01", agent_cmdline="", agent_iso_sha256="", loop=loop,
+    )  # fmt: skip
+    started: list[int] = []
+    try:
+        first = host.launcher._ready
+        assert first is not None  # lab start: the first boot is the agent's
+        host.on_report(BmcReport(power="on", boot_device="pxe"))
+        assert host.process is first and host.launcher._ready is None
+        started.append(first.pid)
+        host.on_report(BmcReport(power="on", boot_device="disk"))  # set while on
+        host.on_report(BmcReport(power="off", boot_device="disk"))
+        assert host.launcher._ready is None  # its next boot is from its disk
+        host.on_report(BmcReport(power="off", boot_device="pxe"))
+        ready = host.launcher._ready
+        assert ready is not None and ready.poll() is None and _nice(ready.pid) == 19
+        started.append(ready.pid)
+    finally:
+        host.stop()
+        loop.close()
+        for pid in started:
+            agents.signal_process(pid, signal.SIGKILL)

@@ -121,6 +121,12 @@ def test_relay_forwards_a_hosts_connection_to_loopback(
     assert peer == gateway
     api = lab_and_api[1]
     assert any(b["mac_addresses"] == ["02:00:00:00:00:99"] for b in api.lookups())
+    # The host's connection came from a loopback address of its own: 127 and the host's
+    # address past its first byte, so the operator sees one client per host.
+    with api.lock:
+        sources = [c for (_, _, b), c in zip(api.requests, api.clients, strict=True)
+                   if b["mac_addresses"] == ["02:00:00:00:00:99"]]  # fmt: skip
+    assert sources == ["127." + host.ip.split(".", 1)[1]], (sources, host.ip)
 
 
 def test_gateway_serves_nothing_else(lab: Lab, python_in_namespace: Any) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.server
 import ipaddress
+import itertools
 import json
 import os
 import random
@@ -181,29 +182,38 @@ def test_ipmi_simulator_notifies_power_and_boot_changes(receiver: _Receiver) -> 
     assert receiver.seen[3][2]["boot"]["persistent"] is True
 
 
+def _redfish_caller(emulator: SushyEmulator, user: str, password: str) -> Any:
+    """call(method, path, body=None): one request to the emulator, its JSON answer or None."""
+    import base64
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    authorization = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    def call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        request = urllib.request.Request(
+            emulator.url + path,
+            data=json.dumps(body).encode() if body is not None else None,
+            method=method,
+            headers={"Content-Type": "application/json", "Authorization": authorization},
+        )
+        with opener.open(request, timeout=30) as response:
+            raw = response.read()
+            return json.loads(raw) if raw else None
+
+    return call
+
+
 def test_sushy_notifies_and_applies_power_after_the_set_delay(receiver: _Receiver) -> None:
     system = FakeSystem(name="n", external_notifier=True)
     users = {"admin": "pw-2"}
     with SushyEmulator([system], users=users, notify_url=receiver.url, power_delay=2) as emulator:
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-        def call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-            request = urllib.request.Request(
-                emulator.url + path,
-                data=json.dumps(body).encode() if body is not None else None,
-                method=method,
-                headers={"Content-Type": "application/json"},
-            )
-            import base64
-
-            request.add_header("Authorization", "Basic " + base64.b64encode(b"admin:pw-2").decode())
-            with opener.open(request, timeout=10) as response:
-                raw = response.read()
-                return json.loads(raw) if raw else None
+        call = _redfish_caller(emulator, "admin", "pw-2")
 
         asked = time.time()
         call("POST", system.path + "/Actions/ComputerSystem.Reset", {"ResetType": "On"})
         answered = time.time()
+        # notifications are sent by the emulator's sender thread, just after the change
+        wait_for(lambda: receiver.seen, "the request's notification", 10)
         pending = receiver.seen[-1][2]["pending_power"]
         assert pending["power_state"] == "On"
         # the fake driver's apply time, int(now) + the delay, with now while the POST ran
@@ -212,8 +222,56 @@ def test_sushy_notifies_and_applies_power_after_the_set_delay(receiver: _Receive
         if time.time() < pending["apply_time"]:
             assert before_due == "Off"
         wait_for(lambda: call("GET", system.path)["PowerState"] == "On", "the change", 30)
-        assert receiver.seen[-1][2]["power_state"] == "On"
-        assert receiver.seen[-1][2].get("pending_power") is None
+        wait_for(
+            lambda: receiver.seen[-1][2]["power_state"] == "On"
+            and receiver.seen[-1][2].get("pending_power") is None,
+            "the change's notification", 10,
+        )  # fmt: skip
+
+
+def test_sushy_reports_concurrent_changes_in_the_order_they_happened(
+    receiver: _Receiver,
+) -> None:
+    """Power requests, boot device changes and reads of one system from several threads at
+    once (the lab's emulator serialises its fake driver; see metal3.bmc.sushy_ordered). The
+    reports, in the order received, are one history: the power state changes only by applying
+    the change the report before it announced as pending (a report sent late breaks that),
+    and the last report is the state the system ends in."""
+    import concurrent.futures
+
+    system = FakeSystem(name="n", external_notifier=True)
+    with SushyEmulator(
+        [system], users={"admin": "pw-3"}, notify_url=receiver.url, power_delay=0
+    ) as emulator:
+        call = _redfish_caller(emulator, "admin", "pw-3")
+
+        def worker(n: int) -> None:
+            for i in range(30):
+                kind = (n + i) % 3
+                if kind == 0:
+                    reset = "On" if i % 2 else "ForceOff"
+                    call("POST", system.path + "/Actions/ComputerSystem.Reset",
+                         {"ResetType": reset})  # fmt: skip
+                elif kind == 1:
+                    call("GET", system.path)
+                else:
+                    target = "Pxe" if (n + i) % 2 else "Cd"
+                    call("PATCH", system.path, {"Boot": {"BootSourceOverrideTarget": target}})
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            for future in [pool.submit(worker, n) for n in range(8)]:
+                future.result()
+        final = call("GET", system.path)  # applies any change still pending (delay 0)
+    reports = [body for _, _, body in receiver.seen]
+    assert len(reports) > 20
+    for before, after in itertools.pairwise(reports):
+        if after["power_state"] != before["power_state"]:
+            pending = before.get("pending_power") or {}
+            assert pending.get("power_state") == after["power_state"], (before, after)
+    last = reports[-1]
+    assert last["power_state"] == final["PowerState"]
+    assert last.get("pending_power") is None
+    assert last["boot_device"] == final["Boot"]["BootSourceOverrideTarget"]
 
 
 @pytest.fixture

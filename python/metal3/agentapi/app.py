@@ -45,7 +45,7 @@ from metal3.asgi import BodyTooLargeError, Receive, Scope, Send, read_body
 from metal3.configdata import ConfigDataError
 from metal3.discovery.service import Discovery, DiscoveryOptions, DiscoveryRefusal
 from metal3.kube.client import ApiError, KubeClient
-from metal3.kube.resources import SECRETS
+from metal3.kube.resources import BAREMETALHOSTS, SECRETS
 
 log = logging.getLogger(__name__)
 
@@ -336,6 +336,10 @@ class AgentApi:
         while True:
             changed = self.hosts.changed(host)  # taken first: a change while deciding counts
             command = plan(host, record)
+            if command.name in TERMINAL:
+                host, record, command = await self._terminal_on_latest(
+                    request, token, host, record, command
+                )
             remaining = deadline - anyio.current_time()
             if command.name != CommandName.WAIT or remaining <= 0 or self._closing:
                 break
@@ -351,6 +355,33 @@ class AgentApi:
             command = await self._with_config_drive(host, command)
         log.debug("%s: %s %s", _name(host), command.name, command.id)
         return command.to_json()
+
+    async def _terminal_on_latest(
+        self, request: Request, token: str, host: JsonObject, record: AgentRecord, command: Command
+    ) -> tuple[JsonObject, AgentRecord, Command]:
+        """A terminal command (power off, reboot to disk) decided again on the host as the API
+        server has it now, not as this API's cache had it. The cache lags the operator's
+        writes: an agent booted to deploy that asked just after the host left `available` was
+        told the available host's power off, and an agent that powers the machine off itself
+        (`--power-action system`) would have done so, undoing the boot. Rare (once per agent
+        session at most), so one read of the host costs little."""
+        view = Host(host)
+        namespace = view.metadata.get("namespace") or ""
+        try:
+            latest: JsonObject = await self.client.get(
+                BAREMETALHOSTS, namespace, view.metadata.get("name") or ""
+            )
+        except ApiError as exc:
+            if exc.not_found:
+                raise HttpError(404, "no such host") from None
+            raise
+        if latest.get("metadata", {}).get("resourceVersion") == view.metadata.get(
+            "resourceVersion"
+        ):
+            return host, record, command
+        record = await self.records.get(latest)
+        self._check(request, token, latest, record)
+        return latest, record, plan(latest, record)
 
     async def _with_config_drive(self, host: JsonObject, command: Command) -> Command:
         """The deploy command with the config drive's contents from the host's Secrets, read by

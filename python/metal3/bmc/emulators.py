@@ -9,6 +9,9 @@ For the lab, both emulators can report every power and boot change at once: sush
 driver PUTs the whole system to `notify_url` (its external notifier), our IPMI simulator POSTs
 its state there (`--notify-url`). The fake driver applies a power change 1 to 11 seconds after
 the request (and only when the system is next read); `power_delay` fixes that delay instead.
+
+With a `notify_url`, the fake driver is made consistent (`metal3.bmc.sushy_ordered`): as
+shipped, concurrent requests on one system can lose a change and report changes out of order.
 """
 
 from __future__ import annotations
@@ -305,6 +308,7 @@ class SushyEmulator(_Process):
             lines.append(f"SUSHY_EMULATOR_SSL_KEY = {str(self.tls.key)!r}")
         if self.notify_url is not None:
             lines.append(f"EXTERNAL_NOTIFICATION_URL = {self.notify_url!r}")
+            lines.extend(_ordered_fake_driver())
         if self.power_delay is not None:
             lines.extend(_fixed_power_delay(self.power_delay))
         return "\n".join(lines) + "\n"
@@ -362,6 +366,12 @@ class SushyEmulator(_Process):
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def _ordered_fake_driver() -> list[str]:
+    """Config file lines (the file is Python) that load `metal3.bmc.sushy_ordered` into the
+    emulator: its fake driver runs one call at a time and notifies in order."""
+    return ["from metal3.bmc import sushy_ordered as _sushy_ordered", "_sushy_ordered.install()"]
 
 
 def _fixed_power_delay(seconds: int) -> list[str]:

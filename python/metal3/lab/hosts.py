@@ -105,7 +105,7 @@ class Host:
         self.last_event = ""
         self._stopping: dict[int, asyncio.TimerHandle] = {}
         self.launcher = agents.AgentLauncher(agent)
-        self.launcher.prepare()
+        self.launcher.prepare()  # a lab host's first boot is the agent's (inspection)
         self.save()
 
     # --- BMC reports ---------------------------------------------------------------------
@@ -120,7 +120,13 @@ class Host:
             self._power_on(report)
         elif report.power == "off" and self.power == "on":
             self._power_off("power off")
+        self._keep_agent_ready()
         self.save()
+
+    def _keep_agent_ready(self) -> None:
+        """Off and set to boot the agent: have its process ready (`metal3.lab.agents`)."""
+        if self.power == "off" and self.boot_device.lower() in (*NETWORK_BOOT, "cd"):
+            self.launcher.prepare()
 
     def _power_on(self, report: BmcReport) -> None:
         self.power = "on"

@@ -7,11 +7,18 @@ and, for each connection, opens one to `127.0.0.1:PORT` from the supervisor (whi
 the root namespace) and copies bytes both ways until either side closes. TLS stays end to
 end: the relay sees only ciphertext. When nothing listens on 127.0.0.1 (the operator is not
 running), the host's connection is closed at once, as a refused connection would be.
+
+Each host's connections come from a loopback address of its own (`loopback_source`: the
+host's A.B.C.D becomes 127.B.C.D; all of 127/8 is the loopback's), so the operator tells the
+hosts apart as it would on a real network: its per-client rate limit and its logs see one
+client per host, not the whole lab as one client at 127.0.0.1 (fifty agents then shared one
+client's budget and were refused with 429s).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import socket
 import threading
@@ -20,6 +27,17 @@ log = logging.getLogger(__name__)
 
 BUFFER = 256 * 1024
 CONNECT_TIMEOUT = 5.0
+
+
+def loopback_source(peer: str, target: str) -> str | None:
+    """The loopback address a host's connections come from (see the module doc); None (the
+    kernel's choice) for an address that is not IPv4 or that would be the target's own."""
+    try:
+        address = ipaddress.IPv4Address(peer)
+    except ValueError:
+        return None
+    source = str(ipaddress.IPv4Address((127 << 24) | (int(address) & 0xFFFFFF)))
+    return None if source == target else source
 
 
 class Relay:
@@ -62,8 +80,11 @@ class Relay:
             ).start()
 
     def _serve(self, client: socket.socket, peer: tuple[str, int]) -> None:
+        source = loopback_source(peer[0], self.target[0])
         try:
-            upstream = socket.create_connection(self.target, timeout=CONNECT_TIMEOUT)
+            upstream = socket.create_connection(
+                self.target, timeout=CONNECT_TIMEOUT, source_address=(source, 0) if source else None
+            )
         except OSError as exc:
             log.info("relay: %s:%s -> %s:%s refused: %s", *peer, *self.target, exc)
             client.close()

@@ -1,0 +1,115 @@
+"""sushy-tools' fake driver made consistent, for emulators whose changes someone listens to.
+
+Loaded by the emulator's config file (`metal3.bmc.emulators`, with a `notify_url`), inside the
+emulator's process. As shipped, the fake driver keeps each system as a pickled copy in SQLite
+and serves requests on concurrent threads, each sending its own change notification: two
+requests on one system could each read it, change it and write it back (one change lost),
+and their notifications could reach the listener in either order. The lab saw a soft power
+off's report (still on, the change pending) arrive after the report of the change applied by
+a read that raced it, and booted the host again behind its BMC's back.
+
+`install` changes three things:
+
+- every method of the driver holds one re-entrant lock while it runs (the methods call each
+  other), so each read-change-write of a system is whole;
+- a change's notification is taken under that lock with a ticket (its place in the history)
+  and sent after the lock is let go, by the request's own thread, in ticket order: the
+  listener gets the history in order, a slow listener holds up only the changes after it,
+  and a failed notification still fails the request (the driver answers 500, as shipped);
+- the SQLite state is written without an fsync per change (``synchronous=off``; it lives as
+  long as the emulator): on a disk the lab's hosts were busy writing, each fsync took up to
+  seconds, and under the lock every request waited for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+_driver_lock = threading.RLock()
+_turn = threading.Condition()
+_tickets = {"issued": 0, "sent": 0}
+_local = threading.local()  # depth: nesting of locked calls; outbox: notifications to send
+
+
+def _outbox() -> list[tuple[int, Any, dict[str, Any]]]:
+    outbox: list[tuple[int, Any, dict[str, Any]]] = _local.__dict__.setdefault("outbox", [])
+    return outbox
+
+
+def _send_in_turn(send: Callable[[Any, dict[str, Any]], None]) -> None:
+    """Send this thread's notifications, each once those with earlier tickets are sent. Every
+    ticket is passed on even when its send fails (or later ones would wait forever); the first
+    failure is raised after, for the request to answer 500."""
+    outbox = _outbox()
+    failure: Exception | None = None
+    while outbox:
+        ticket, driver, system = outbox.pop(0)
+        with _turn:
+            _turn.wait_for(lambda: _tickets["sent"] == ticket)  # noqa: B023 (waited on here)
+        try:
+            send(driver, system)
+        except Exception as exc:
+            failure = failure or exc
+        finally:
+            with _turn:
+                _tickets["sent"] += 1
+                _turn.notify_all()
+    if failure is not None:
+        raise failure
+
+
+def _one_at_a_time(
+    method: Callable[..., Any], send: Callable[[Any, dict[str, Any]], None]
+) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        depth: int = _local.__dict__.get("depth", 0)
+        try:
+            with _driver_lock:
+                _local.depth = depth + 1
+                try:
+                    return method(*args, **kwargs)
+                finally:
+                    _local.depth = depth
+        finally:
+            if depth == 0:  # the outermost call, the lock let go: its changes' notifications
+                _send_in_turn(send)
+
+    return call
+
+
+def _take_notification(driver: Any, system: dict[str, Any]) -> None:
+    """In place of the driver's send (called under the lock): a ticket and a copy."""
+    ticket = _tickets["issued"]
+    _tickets["issued"] += 1
+    _outbox().append((ticket, driver, copy.deepcopy(system)))
+
+
+@contextlib.contextmanager
+def _connection(self: Any) -> Iterator[sqlite3.Cursor]:
+    if not self._dbpath:
+        raise TypeError("Dict is not yet persistent")
+    with sqlite3.connect(self._dbpath) as connection:
+        connection.execute("pragma journal_mode=wal")
+        connection.execute("pragma synchronous=off")
+        yield connection.cursor()
+
+
+def install() -> None:
+    """Patch sushy-tools' fake driver and its state store (see the module doc)."""
+    from sushy_tools.emulator import memoize
+    from sushy_tools.emulator.resources.systems import fakedriver
+
+    driver = fakedriver.FakeDriver
+    send = driver._send_external_notification
+    for name, method in list(vars(driver).items()):
+        if callable(method) and not name.startswith("__") and name != "_send_external_notification":
+            setattr(driver, name, _one_at_a_time(method, send))
+    driver._send_external_notification = _take_notification
+    memoize.PersistentDict.connection = _connection

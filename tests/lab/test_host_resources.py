@@ -68,7 +68,11 @@ def _group(pid: int) -> tuple[str, int] | None:
 
 class _ShellAgent(agents.AgentSpec):
     """An agent whose process kept ready is a shell that waits for the boot line, then
-    sleeps: the launcher's part without a host namespace."""
+    sleeps, and whose cold start is a shell that sleeps: the launcher's part without a host
+    namespace."""
+
+    def argv(self) -> list[str]:
+        return ["sh", "-c", "exec sleep 60"]
 
     def warm_argv(self) -> list[str]:
         return ["sh", "-c", "read line; exec sleep 60"]
@@ -110,6 +114,29 @@ def test_agent_kept_ready_yields_until_booted(tmp_path: Path) -> None:
         launcher.close()
         ready.send_signal(signal.SIGKILL)
         ready.wait()
+
+
+def test_an_agent_booted_without_a_ready_process_runs_at_the_booted_agents_priority(
+    tmp_path: Path,
+) -> None:
+    """A boot that finds no process kept ready starts the agent afresh, at the same priority
+    (nice and autogroup) as one booted from a ready process."""
+    spec = _ShellAgent(
+        namespace="unused", api_url="https://unused", ca_file=tmp_path / "ca.pem",
+        state_dir=tmp_path / "state", root=tmp_path / "root", macs=("02:00:00:00:00:01",),
+        log_path=tmp_path / "agent.log",
+    )  # fmt: skip
+    launcher = agents.AgentLauncher(spec)
+    booted = launcher.start("cold boot")
+    try:
+        assert launcher._ready is None
+        assert _nice(booted.pid) == agents.AGENT_NICE
+        group = _group(booted.pid)
+        assert group is None or group[1] == agents.AGENT_NICE
+        assert "cold boot: starting the agent" in (tmp_path / "agent.log").read_text()
+    finally:
+        booted.send_signal(signal.SIGKILL)
+        booted.wait()
 
 
 def test_host_keeps_an_agent_ready_only_while_off_and_set_to_boot_it(tmp_path: Path) -> None:

@@ -120,8 +120,8 @@ class Host:
             self._power_on(report)
         elif report.power == "off" and self.power == "on":
             self._power_off("power off")
+        self.save()  # first: starting a ready agent (a fork) must not delay the state's record
         self._keep_agent_ready()
-        self.save()
 
     def _keep_agent_ready(self) -> None:
         """Off and set to boot the agent: have its process ready (`metal3.lab.agents`)."""

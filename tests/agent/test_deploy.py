@@ -5,9 +5,12 @@ and `sfdisk --verify` for the tables, `blkid -p` for the config drive's label an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,7 @@ from metal3.agent.deploy import (
     ConfigDriveWriteError,
     DeployError,
     DeployRequest,
+    DeployResult,
     DiskError,
     HostIdentity,
     ImageChecksumMismatchError,
@@ -29,6 +33,7 @@ from metal3.agent.deploy import (
     InvalidDeployRequestError,
     deploy,
 )
+from metal3.agent.runner import at_nice
 
 MiB = 1 << 20
 SECTOR = 512
@@ -432,3 +437,47 @@ def test_messages_show_image_urls_without_credentials(url: str, shown: str) -> N
     from metal3.agent.deploy import shown_url
 
     assert shown_url(url) == shown
+
+
+def _nice_of(tid: int | str) -> int:
+    stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+    return int(stat.rpartition(")")[2].split()[16])
+
+
+def test_a_write_at_a_work_nice_runs_all_its_threads_at_it(
+    images: Images, new_disk: Callable[..., LoopDevice]
+) -> None:
+    """`at_nice` (the agent's --work-nice) lowers the whole write: the thread that calls
+    imagestream and every pipeline thread it starts (read, hash, write), seen while they run
+    by a sampler thread; the calling thread keeps its priority."""
+    disk = new_disk()
+    ours = _nice_of(threading.get_native_id())
+    seen: dict[str, set[int]] = {}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            for tid in os.listdir("/proc/self/task"):
+                with contextlib.suppress(OSError, IndexError):
+                    name = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+                    if name.startswith("imgst-"):
+                        seen.setdefault(name, set()).add(_nice_of(tid))
+            time.sleep(0.0005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+
+        def work() -> DeployResult:
+            seen["caller"] = {_nice_of(threading.get_native_id())}
+            return deploy(_request(images, "qcow2", disk))
+
+        result = at_nice(19, work)
+    finally:
+        done.set()
+        sampler.join()
+
+    assert result.verified
+    assert {"caller", "imgst-read", "imgst-hash", "imgst-write"} <= seen.keys(), seen
+    assert all(nices == {19} for nices in seen.values()), seen
+    assert _nice_of(threading.get_native_id()) == ours != 19

@@ -43,6 +43,7 @@ from metal3.agent.runner import (
     Outcome,
     Runner,
     RunnerOptions,
+    at_nice,
     local_macs,
     settings_from_cmdline,
 )
@@ -503,6 +504,17 @@ async def test_a_result_the_operator_cannot_keep_is_reported_as_a_failure(
         (recorded,) = (await AgentRecords(h.client).get(host)).results.values()
         assert (recorded.command, recorded.status, recorded.result) == ("inspect", "failed", None)
         assert recorded.error is not None and "result too large" in recorded.error
+
+
+def test_at_nice_returns_the_works_value_and_raises_its_error() -> None:
+    assert at_nice(19, lambda: threading.current_thread().name) == "agent-work"
+    assert at_nice(None, lambda: threading.current_thread().name) == threading.current_thread().name
+
+    def fail() -> None:
+        raise AgentError("disk gone")
+
+    with pytest.raises(AgentError, match="disk gone"):
+        at_nice(19, fail)
 
 
 def test_retrying_honours_retry_after_and_gives_up_on_refusals() -> None:

@@ -2,15 +2,16 @@
 (where the file system allows it), like a disk with no page cache in front of it, and an
 agent process kept ready for the next boot runs at the lowest priority, in its own session
 and that session's CPU scheduling group (autogroup) too, until its boot gives it normal
-priority."""
+priority; in a lab with the hosts' CPU group (`metal3.lab.cpu`), every agent runs in it."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 from pathlib import Path
 
-from metal3.lab import agents, disks
+from metal3.lab import agents, cpu, disks
 
 MiB = 1 << 20
 
@@ -163,8 +164,11 @@ def test_host_keeps_an_agent_ready_only_while_off_and_set_to_boot_it(tmp_path: P
     try:
         first = host.launcher._ready
         assert first is not None  # lab start: the first boot is the agent's
+        spec.state_dir.mkdir()
+        (spec.state_dir / "agent-state.json").write_text('{"token": "an earlier boot\'s"}')
         host.on_report(BmcReport(power="on", boot_device="pxe"))
         assert host.process is first and host.launcher._ready is None
+        assert not spec.state_dir.exists()  # each boot starts empty, as a ramdisk's /run
         started.append(first.pid)
         host.on_report(BmcReport(power="on", boot_device="disk"))  # set while on
         host.on_report(BmcReport(power="off", boot_device="disk"))
@@ -178,3 +182,63 @@ def test_host_keeps_an_agent_ready_only_while_off_and_set_to_boot_it(tmp_path: P
         loop.close()
         for pid in started:
             agents.signal_process(pid, signal.SIGKILL)
+
+
+def test_agents_in_the_hosts_cpu_group_run_below_everything_else(tmp_path: Path) -> None:
+    """With the hosts' CPU group, a ready process and a booted agent (from the ready process
+    or started cold) run in it, the group at an eighth of the default CPU weight; the
+    booted agent at nice 0 there, the ready one at 19. The group goes once they are gone."""
+    group = cpu.create_group(cpu.group_path(f"m3lab-t{secrets.token_hex(3)}"))
+    try:
+        assert (group / "cpu.shares").read_text().strip() == "128"  # cgroup v1, as here
+        spec = _ShellAgent(
+            namespace="unused", api_url="https://unused", ca_file=tmp_path / "ca.pem",
+            state_dir=tmp_path / "state", root=tmp_path / "root", macs=("02:00:00:00:00:01",),
+            log_path=tmp_path / "agent.log", cpu_group=group,
+        )  # fmt: skip
+        real_argv = agents.AgentSpec.argv(spec)
+        assert real_argv[real_argv.index("--work-nice") + 1] == str(agents.WORK_NICE) == "19"
+        launcher = agents.AgentLauncher(spec)
+        launcher.prepare()
+        ready = launcher._ready
+        assert ready is not None
+        started = [ready]
+        try:
+            assert cpu.members(group) == [ready.pid]
+            assert _nice(ready.pid) == agents.READY_NICE
+            booted = launcher.start("test boot")
+            assert booted is ready and _nice(booted.pid) == agents.GROUPED_AGENT_NICE == 0
+            cold = agents.AgentLauncher(spec).start("cold boot")
+            started.append(cold)
+            assert sorted(cpu.members(group)) == sorted([ready.pid, cold.pid])
+            assert _nice(cold.pid) == agents.GROUPED_AGENT_NICE
+            assert os.getpid() not in cpu.members(group)
+            assert not cpu.remove_group(group, timeout=0.1)  # not while they run
+        finally:
+            for process in started:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+        assert cpu.remove_group(group)
+        assert not group.exists()
+    finally:
+        cpu.remove_group(group, timeout=0)
+
+
+def test_the_cpu_hierarchy_is_found_for_cgroup_v1_and_v2(tmp_path: Path) -> None:
+    v1_mounts = (
+        "35 28 0:30 / /sys/fs/cgroup/cpu rw,relatime shared:12 - cgroup cgroup rw,cpu\n"
+        "36 28 0:31 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n"
+    )
+    v1_own = "4:memory:/job/7\n1:cpu:/job/7\n0::/\n"
+    assert cpu.group_parent(v1_mounts, v1_own) == Path("/sys/fs/cgroup/cpu/job/7")
+    # v2: beside this process's cgroup, where the parent hands "cpu" down.
+    unified = tmp_path / "unified"
+    (unified / "user.slice").mkdir(parents=True)
+    (unified / "user.slice" / "cgroup.subtree_control").write_text("cpu memory pids\n")
+    v2_mounts = f"30 25 0:26 / {unified} rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
+    v2_own = "0::/user.slice/session-3.scope\n"
+    assert cpu.group_parent(v2_mounts, v2_own) == unified / "user.slice"
+    (unified / "user.slice" / "cgroup.subtree_control").write_text("memory pids\n")
+    assert cpu.group_parent(v2_mounts, v2_own) is None
+    # A hybrid machine (v1 cpu, v2 without it, as here) takes the v1 hierarchy.
+    assert cpu.group_parent(v1_mounts + v2_mounts, v1_own) == Path("/sys/fs/cgroup/cpu/job/7")

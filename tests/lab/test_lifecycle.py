@@ -1,6 +1,6 @@
 """`lab up` and `lab down` around failures: a second `up` on a running lab is refused, a
 setup that fails removes what it made, and `down` after the supervisor was SIGKILLed (with an
-agent running) still removes every namespace, loop device and process."""
+agent running) still removes every namespace, loop device, process and the hosts' CPU group."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 from lab.helpers import root_namespace, run_metal3, wait_for
+from metal3.lab import cpu
 from metal3.lab.resources import Journal, lab_prefixes, leftovers, process_start_time
 
 
@@ -63,6 +64,11 @@ def test_down_after_a_killed_supervisor_removes_everything(tmp_path: Path) -> No
     redfish_power_on_pxe(host["bmc_address"], creds["username"], creds["password"], tmp_path)
     state_file = data_dir / "hosts" / host["name"] / "state.json"
     agent = wait_for(lambda: json.loads(state_file.read_text())["agent"]["pid"], "the agent")
+    # The agent runs in the hosts' CPU group, at an eighth of the default weight (v1, as here).
+    group = Path(lab["hosts_cpu"]["group"])
+    assert group.name == prefix and (group / "cpu.shares").read_text().strip() == "128"
+    assert agent in cpu.members(group)
+    assert os.getpid() not in cpu.members(group)
     processes = [int(e["pid"]) for e in Journal(data_dir / "journal.jsonl").entries()
                  if e.get("kind") == "process"]  # fmt: skip
     journal = Journal(data_dir / "journal.jsonl").entries()
@@ -71,11 +77,13 @@ def test_down_after_a_killed_supervisor_removes_everything(tmp_path: Path) -> No
     wait_for(lambda: not alive(lab["supervisor_pid"]), "the supervisor to die")
     status = run_metal3("lab", "status", "--data-dir", str(data_dir))
     assert "NOT RUNNING" in status.stdout
+    assert f"hosts' CPU: the low-weight cgroup {group}" in status.stdout
 
     down = run_metal3("lab", "down", "--data-dir", str(data_dir))
     assert down.returncode == 0, down.stderr
     assert netns_with(prefix) == []
     assert loops_over(data_dir) == []
+    assert not group.exists()
     assert leftovers(data_dir, lab_prefixes(journal)) == []
     for pid in [agent, *processes]:
         assert not alive(pid), pid

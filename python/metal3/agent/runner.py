@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -180,6 +181,15 @@ def set_inventory_root(root: Path) -> None:
     _inventory_root = root
 
 
+_work_nice: int | None = None
+
+
+def set_work_nice(nice: int | None) -> None:
+    """The nice value of the disk work (cleaning, image writes: see `at_nice`)."""
+    global _work_nice
+    _work_nice = nice
+
+
 def _inventory() -> JsonObject:
     from metal3.agent.inventory import collect_inventory
 
@@ -211,7 +221,9 @@ def run_clean(args: JsonObject) -> JsonObject:
     skipped: list[JsonObject] = []
     for disk in chosen:
         try:
-            cleaned.append(clean_disk(str(disk["name"]), mode).to_json())
+            cleaned.append(
+                at_nice(_work_nice, partial(clean_disk, str(disk["name"]), mode)).to_json()
+            )
         except DiskInUseError as exc:
             if hints:
                 raise
@@ -250,7 +262,8 @@ def run_deploy(args: JsonObject, progress: DeployProgress | None = None) -> Json
         ),
     )
     log.info("deploying to %s", disk["name"])
-    result = deploy(request, progress=progress.update if progress else None)
+    callback = progress.update if progress else None
+    result = at_nice(_work_nice, lambda: deploy(request, progress=callback))
     return {**result.to_json(), "rootDevice": disk}
 
 
@@ -321,6 +334,37 @@ def execute(name: str, args: JsonObject, handlers: dict[str, Handler] = HANDLERS
         return Outcome(name, "failed", error=f"internal error: {type(exc).__name__}: {exc}")
 
 
+def at_nice(nice: int | None, work: Callable[[], T]) -> T:
+    """Run `work` (a disk's cleaning, an image's write) in a thread of its own at the nice
+    value `nice` (None: here, as is). The threads it starts (imagestream's reader, hasher
+    and writer) inherit it, and everything else the agent does (lookups, reports, the
+    inventory and root device choice) keeps the process's priority: on a machine whose CPUs
+    the agent shares (the lab's hosts share one machine's), those then come before the
+    hashing of images. Linux gives each thread its own nice value."""
+    if nice is None:
+        return work()
+    done: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except OSError as exc:  # (lowering it needs CAP_SYS_NICE): the work runs anyway
+            log.warning("cannot set the work's nice value to %d: %s", nice, exc)
+        try:
+            done.append((True, work()))
+        except BaseException as exc:
+            done.append((False, exc))
+
+    thread = threading.Thread(target=run, name="agent-work")
+    thread.start()
+    thread.join()
+    ok, value = done[0]
+    if not ok:
+        raise value
+    result: T = value
+    return result
+
+
 def power(action: str) -> int:
     """Power the machine off (``power_off``) or reboot it (``reboot_to_disk``: the boot device
     is the provisioner's to set, as in Ironic)."""
@@ -347,6 +391,7 @@ class RunnerOptions:
     power_action: str = "exit"
     lookup_interval: float = 10.0  # between lookups that found no host
     inventory_root: Path = Path("/")  # a recorded tree instead of this machine's procfs/sysfs
+    work_nice: int | None = None  # the disk work's nice value (`at_nice`; None: the process's)
     handlers: dict[str, Handler] = field(default_factory=lambda: dict(HANDLERS))
 
 
@@ -356,6 +401,7 @@ class Runner:
             raise AgentError(f"power action must be one of {POWER_ACTIONS}")
         self.options = options
         set_inventory_root(options.inventory_root)
+        set_work_nice(options.work_nice)
         self.state = AgentState.load(options.state_dir)
         self.client = AgentClient(options.api_url, ca_file=options.ca_file, ca_data=options.ca_data)
         self.macs = list(options.macs) if options.macs else local_macs()
@@ -649,6 +695,7 @@ def run_from_command_line(
     max_commands: int | None,
     power_action: str,
     inventory_root: Path,
+    work_nice: int | None = None,
 ) -> int:
     """`metal3 agent run`: what the options leave out comes from the kernel command line
     (metal3.agent_api, metal3.agent_ca_file or metal3.agent_ca), as in a ramdisk."""
@@ -669,6 +716,7 @@ def run_from_command_line(
             max_commands=max_commands,
             power_action=power_action,
             inventory_root=inventory_root,
+            work_nice=work_nice,
         )
     except AgentError as exc:
         print(f"metal3 agent: error: {exc}", file=sys.stderr)

@@ -63,6 +63,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="read the inventory's procfs/sysfs under this directory (a recorded tree, as the "
         "lab's hosts have) instead of /",
     )
+    run.add_argument(
+        "--work-nice",
+        type=int,
+        choices=range(-20, 20),
+        metavar="N",
+        help="run the commands' work (cleaning, image writes) at nice N, the agent's calls to "
+        "the operator keeping the process's priority (for a machine whose CPUs the agent "
+        "shares, as the lab's hosts do; default: the process's)",
+    )
     run.add_argument("--log-level", default="INFO", help="logging level (default: %(default)s)")
     run.set_defaults(func=run_agent)
 
@@ -282,4 +291,5 @@ def run_agent(args: argparse.Namespace) -> int:
         max_commands=args.max_commands,
         power_action=args.power_action,
         inventory_root=args.root,
+        work_nice=args.work_nice,
     )

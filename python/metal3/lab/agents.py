@@ -28,13 +28,15 @@ loaded 2-core machine, all of it between the BMC's power on and the agent's look
 lab spent emulating, which a real ramdisk spends differently. A boot that finds no ready
 process starts one as before.
 
-A booted agent runs at nice `AGENT_NICE` (10), its autogroup too. On real hardware each agent
-has its host's CPUs to itself and never slows the operator or the BMCs; here every agent's
-session is a scheduling group of its own that gets as large a share of the CPU as the
-operator's or the BMC emulators' whole group. With fifty hosts writing images on two cores,
-the emulated BMCs then answered a read in 240 ms at the median and the reconciles waited on
-them: a cost of the emulation, not of managing the hosts. At nice 10 the agents together still
-take all the CPU the rest leaves, and the rest is served first when it asks.
+Where the lab has its hosts' CPU group (`metal3.lab.cpu`: one cgroup at a low CPU weight, so
+that the rest of the machine comes first), every agent process, ready or booted, goes into it
+before it execs: a booted agent at nice 0 there, its disk work at 19 (`--work-nice`), so that
+within the group an agent's calls to the operator come before the other agents' writes.
+Without the group, a booted agent runs at nice `AGENT_NICE` (10), its autogroup too: each
+agent's session is then a scheduling group of its own that gets as large a share of the CPU as
+the operator's whole group, and nice 10 makes it yield to the control plane somewhat (with
+fifty hosts writing on two cores, the emulated BMCs answered a read in 240 ms at the median at
+nice 0).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import datetime
+import functools
 import os
 import signal
 import subprocess
@@ -50,8 +53,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from metal3.lab import cpu
+
 _PR_SET_PDEATHSIG = 1
-AGENT_NICE = 10  # a booted agent's CPU priority (see the module doc)
+AGENT_NICE = 10  # a booted agent's CPU priority without the hosts' CPU group (module doc)
+GROUPED_AGENT_NICE = 0  # a booted agent's CPU priority in the hosts' CPU group
+WORK_NICE = 19  # its disk work's (`metal3 agent run --work-nice`)
 READY_NICE = 19  # an agent process kept ready for its boot
 _PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 # Looked up in the parent: between fork and exec the child only calls it (no dlopen there).
@@ -71,6 +78,11 @@ class AgentSpec:
     root: Path
     macs: tuple[str, ...]
     log_path: Path
+    cpu_group: Path | None = None  # the hosts' CPU group (`metal3.lab.cpu`), if the lab has one
+
+    @property
+    def booted_nice(self) -> int:
+        return AGENT_NICE if self.cpu_group is None else GROUPED_AGENT_NICE
 
     def argv(self) -> list[str]:
         return [
@@ -93,6 +105,8 @@ class AgentSpec:
             str(self.root),
             "--power-action",
             "exit",
+            "--work-nice",
+            str(WORK_NICE),
             *(arg for mac in self.macs for arg in ("--mac", mac)),
         ]
 
@@ -124,7 +138,7 @@ def start_agent(spec: AgentSpec, reason: str) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             env=_environment(),
             start_new_session=True,
-            preexec_fn=_booted_agent_setup,
+            preexec_fn=functools.partial(_agent_setup, spec.cpu_group, spec.booted_nice),
         )
 
 
@@ -149,7 +163,7 @@ class AgentLauncher:
                 stderr=subprocess.STDOUT,
                 env=_environment(),
                 start_new_session=True,
-                preexec_fn=_ready_process_setup,
+                preexec_fn=functools.partial(_agent_setup, self.spec.cpu_group, READY_NICE),
             )
 
     def start(self, reason: str) -> subprocess.Popen[bytes]:
@@ -161,9 +175,9 @@ class AgentLauncher:
             _boot_line(self.spec.log_path, reason)
             # A booted agent's priority from now on, even if it is still importing (it raises
             # its own too, once it reads the boot line).
-            _set_priority(ready.pid, AGENT_NICE)
+            _set_priority(ready.pid, self.spec.booted_nice)
             try:
-                ready.stdin.write(b"boot\n")
+                ready.stdin.write(b"boot %d\n" % self.spec.booted_nice)
                 ready.stdin.close()
                 process = ready
             except OSError:  # it died meanwhile: start one the slow way
@@ -180,14 +194,14 @@ class AgentLauncher:
             ready.wait()
 
 
-def _ready_process_setup() -> None:
+def _agent_setup(cpu_group: Path | None, nice: int) -> None:
+    """In the child, before it execs: die with the supervisor, join the hosts' CPU group,
+    take `nice` (a ready process: the lowest, so that getting ready never slows the hosts at
+    work)."""
     _die_with_supervisor()
-    _set_priority(0, READY_NICE)  # getting ready must not slow down the hosts at work
-
-
-def _booted_agent_setup() -> None:
-    _die_with_supervisor()
-    _set_priority(0, AGENT_NICE)
+    if cpu_group is not None:
+        cpu.join(cpu_group)
+    _set_priority(0, nice)
 
 
 def _set_priority(pid: int, nice: int) -> None:
@@ -214,8 +228,8 @@ def _boot_line(log_path: Path, reason: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m metal3.lab.agents agent run ARGS`: import the agent, wait for the boot (a
-    line `boot` on stdin; end of input: not needed after all), then run `metal3 ARGS` at a
-    booted agent's priority."""
+    line `boot NICE` on stdin; end of input: not needed after all), then run `metal3 ARGS` at
+    that nice value, a booted agent's."""
     import metal3.agent.blockdev
     import metal3.agent.clean
     import metal3.agent.configdrive
@@ -225,9 +239,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     import metal3.agent.runner  # noqa: F401
     from metal3.cli import main as metal3_main
 
-    if sys.stdin.buffer.readline().strip() != b"boot":
+    boot = sys.stdin.buffer.readline().split()
+    if not boot or boot[0] != b"boot":
         return 0
-    _set_priority(0, AGENT_NICE)
+    _set_priority(0, int(boot[1]) if len(boot) > 1 else AGENT_NICE)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)

@@ -5,7 +5,7 @@ Every BMC report (see `metal3.lab.bmcs`) reaches the host on the supervisor's ev
 - power on (or a reset while on) boots from the BMC's boot device:
   - network (PXE, UEFI HTTP): the lab plays the network-boot server every server would get
     its agent from, so the agent starts (`metal3.lab.agents`), with BOOTIF on its kernel
-    command line;
+    command line and an empty state folder (a ramdisk's /run);
   - CD: if the virtual CD holds the lab's agent ISO (the very image: same sha256) the agent
     starts; with no image or another one, nothing boots (recorded in `state.json`);
   - disk (or no override: the default boot order): "boot the OS" (`metal3.lab.osboot`),
@@ -26,6 +26,7 @@ import asyncio
 import datetime
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -203,6 +204,9 @@ class Host:
     # --- the agent -----------------------------------------------------------------------
 
     def _start_agent(self, cmdline: str, reason: str) -> None:
+        # A ramdisk's /run starts empty at each boot: no token or result of an earlier boot's
+        # agent (it would report a result the operator had moved past, and look up again).
+        shutil.rmtree(self.agent_spec.state_dir, ignore_errors=True)
         write_cmdline(self.agent_spec.root, cmdline)
         process = self.launcher.start(reason)
         self.process = process

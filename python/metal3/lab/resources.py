@@ -4,9 +4,9 @@ The supervisor appends one JSON line to `DIR/journal.jsonl` for each resource be
 creates it (a namespace, a disk file that gets a loop device) and right after it starts a
 process, so a supervisor killed at any point leaves enough behind for `teardown` to remove
 everything: processes (checked by pid *and* start time, so a reused pid is never killed),
-every process still inside a lab namespace, the namespaces (their veths go with them), and
-the loop devices over the lab's disk files (found by backing file, journal or not). Files in
-DIR stay (disks, logs, os.json), except `lab.json` and the journal.
+every process still inside a lab namespace, the hosts' CPU cgroup, the namespaces (their
+veths go with them), and the loop devices over the lab's disk files (found by backing file,
+journal or not). Files in DIR stay (disks, logs, os.json), except `lab.json` and the journal.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metal3.lab import disks, network
+from metal3.lab import cpu, disks, network
 from metal3.lab.layout import LabPaths
 
 log = logging.getLogger(__name__)
@@ -133,14 +133,20 @@ def teardown(data_dir: Path) -> TeardownReport:
             _kill(pid, start, f"process in {ns}", report)
             victims.append((pid, start))
     _wait_gone(victims)
-    # 2. namespaces (their veths and the bridge go with them)
+    # 2. the hosts' CPU group, once its processes are gone
+    for entry in entries:
+        if entry.get("kind") == "cpu_group" and entry.get("path"):
+            group = Path(str(entry["path"]))
+            if group.exists() and not cpu.remove_group(group):
+                report.errors.append(f"{group} still has processes: {cpu.members(group)}")
+    # 3. namespaces (their veths and the bridge go with them)
     for ns in lab_ns:
         try:
             if network.delete_namespace(ns):
                 report.namespaces.append(ns)
         except network.NetworkError as exc:
             report.errors.append(str(exc))
-    # 3. loop devices over the lab's disk files
+    # 4. loop devices over the lab's disk files
     backing = {Path(str(e["path"])) for e in entries if e.get("kind") == "disk"}
     backing |= set(paths.hosts.glob("*/disk[0-9]*"))
     try:
@@ -167,6 +173,7 @@ def leftovers(data_dir: Path, prefixes: list[str]) -> list[str]:
         for p in prefixes
         if ns == p or ns.startswith(p + "-")
     ]
+    found += [f"CPU group {group}" for group in cpu.groups_named(prefixes)]
     found += [
         f"loop device {dev}"
         for dev in sorted(disks.loop_devices_over(paths.hosts.glob("*/disk[0-9]*")))

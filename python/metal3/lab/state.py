@@ -11,6 +11,8 @@ is ready, and removed when it is taken down. Its keys:
      "agent_iso_url" (what a BMC downloads for virtual media),
      "bmcs": {"redfish_url", "notify_url"},
      "libvirt_uri" (a VM lab's libvirtd, `qemu:///system?socket=...`; "" otherwise),
+     "hosts_cpu": {"group" (the hosts' CPU cgroup, `metal3.lab.cpu`; "" if none),
+                   "note" (why there is none)},
      "hosts": [{"name", "namespace", "kind", "bmc_address", "credentials": {"username",
                 "password"}, "boot_mac", "macs", "ip", "profile", "disks", "loop_devices",
                 "registered", "manifest",
@@ -174,6 +176,8 @@ class LabInfo:
     notify_url: str
     hosts: tuple[LabHost, ...] = field(default=())
     libvirt_uri: str = ""
+    hosts_cpu_group: str = ""
+    hosts_cpu_note: str = ""
 
     def host(self, name: str) -> LabHost:
         for host in self.hosts:
@@ -206,6 +210,7 @@ class LabInfo:
             "agent_iso_url": self.agent_iso_url,
             "bmcs": {"redfish_url": self.redfish_url, "notify_url": self.notify_url},
             "libvirt_uri": self.libvirt_uri,
+            "hosts_cpu": {"group": self.hosts_cpu_group, "note": self.hosts_cpu_note},
             "hosts": [host.to_json() for host in self.hosts],
         }
 
@@ -233,6 +238,8 @@ class LabInfo:
             notify_url=str(raw["bmcs"]["notify_url"]),
             hosts=tuple(LabHost.from_json(h) for h in raw["hosts"]),
             libvirt_uri=str(raw.get("libvirt_uri") or ""),
+            hosts_cpu_group=str((raw.get("hosts_cpu") or {}).get("group") or ""),
+            hosts_cpu_note=str((raw.get("hosts_cpu") or {}).get("note") or ""),
         )
 
 

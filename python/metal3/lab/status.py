@@ -25,6 +25,7 @@ def up_summary(info: LabInfo, data_dir: str, seconds: float) -> str:
         f"images:    {info.images_dir}/ at {info.images_url} (hosts), "
         f"{info.images_local_url} (BMCs, operator)",
         f"agent ISO: {info.agent_iso_url}",
+        _hosts_cpu({"group": info.hosts_cpu_group, "note": info.hosts_cpu_note}),
         "",
     ]
     rows = [["NAME", "BMC", "PROFILE", "BOOT MAC", "IP", "DISKS", "MANIFEST"]]
@@ -56,6 +57,7 @@ def status_text(doc: dict[str, Any]) -> str:
         f"lab {doc['data_dir']}: {running}, supervisor pid {doc['supervisor_pid']}",
         f"network {doc['network']['namespace']} {doc['network']['subnet']}, "
         f"agent API at {doc['agent_api']['lab_address']} -> {doc['agent_api']['listen']}",
+        _hosts_cpu(doc.get("hosts_cpu") or {}),
         "",
     ]
     rows = [["NAME", "KIND", "PROFILE", "POWER", "BOOTS", "BOOTED", "AGENT", "OS HOSTNAME",
@@ -87,6 +89,12 @@ def status_text(doc: dict[str, Any]) -> str:
             ]
         )
     return "\n".join(lines + _table(rows))
+
+
+def _hosts_cpu(hosts_cpu: dict[str, Any]) -> str:
+    if hosts_cpu.get("group"):
+        return f"hosts' CPU: the low-weight cgroup {hosts_cpu['group']} (the control plane first)"
+    return f"hosts' CPU: {hosts_cpu.get('note') or 'shared with the control plane'}"
 
 
 def _vm_status_text(doc: dict[str, Any]) -> str:

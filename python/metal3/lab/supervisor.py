@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from metal3.bmc.emulators import FakeDrive
-from metal3.lab import disks, network
-from metal3.lab.agents import AgentSpec
+from metal3.lab import cpu, disks, network
+from metal3.lab.agents import AGENT_NICE, AgentSpec
 from metal3.lab.bmcs import (
     BmcPlan,
     LabBmcs,
@@ -145,6 +145,8 @@ class Supervisor:
         self.polls: dict[str, int] = {}  # system uuid -> reads left for its pending change
         self._agent_iso_sha = ""
         self.vm_lab: VmLab | None = None  # `--vms`: the VMs, their libvirt and BMCs
+        self.cpu_group: Path | None = None  # the hosts' CPU group (`metal3.lab.cpu`)
+        self.cpu_note = ""
 
     # --- setup ---------------------------------------------------------------------------
 
@@ -198,6 +200,7 @@ class Supervisor:
                     self.paths.agent_iso,
                 )
         else:
+            self._cpu_group(prefix)
             self._bmcs(notify_url)
             assert self.bmcs is not None
             redfish_url = self.bmcs.redfish_url
@@ -225,6 +228,8 @@ class Supervisor:
             notify_url=notify_url,
             hosts=tuple(self.lab_hosts),
             libvirt_uri=self.vm_lab.uri if self.vm_lab else "",
+            hosts_cpu_group=str(self.cpu_group or ""),
+            hosts_cpu_note=self.cpu_note,
         )
         log.info("lab %s set up in %.2f s", self.lab_id, time.monotonic() - started)
 
@@ -254,6 +259,21 @@ class Supervisor:
                 disks.make_sparse(backing, spec.size)
                 made[plan.name].append((disks.attach(backing), backing, spec.size))
         return made
+
+    def _cpu_group(self, name: str) -> None:
+        """The hosts' CPU group, or the note why there is none (see `metal3.lab.cpu`)."""
+        try:
+            path = cpu.group_path(name)
+            self.journal.add("cpu_group", path=str(path))
+            self.cpu_group = cpu.create_group(path)
+        except cpu.CpuGroupError as exc:
+            self.cpu_note = (
+                f"no CPU group for the hosts ({exc}): their agents run at nice "
+                f"{AGENT_NICE} beside the operator"
+            )
+            log.warning("%s", self.cpu_note)
+        else:
+            log.info("hosts' CPU group: %s", self.cpu_group)
 
     def _agent_api_tls(self, gateway: str) -> TLSFiles:
         folder = self.paths.agent_api
@@ -388,6 +408,7 @@ class Supervisor:
                 root=folder.sysroot,
                 macs=plan.macs(),
                 log_path=folder.agent_log,
+                cpu_group=self.cpu_group,
             ),
             disks=lab_host.loop_devices,
             boot_mac=lab_host.boot_mac,

@@ -422,7 +422,7 @@ class DirectProvisioner:
                 boot.phase = "running"
                 return in_progress(settings.agent_poll_interval)
             if boot is not None and boot.phase == "starting" and not record.token_lost:
-                return in_progress(settings.poll_interval)  # booting; no lookup yet
+                return in_progress(settings.agent_boot_poll_interval)  # booting; no lookup yet
             # On, but not running an agent of ours: through off, then boot the agent.
             if not self._may_power_off:
                 raise StepFailed(
@@ -441,7 +441,7 @@ class DirectProvisioner:
                     session.boot = session.power_request = None
                     raise error
                 if now - boot.started < settings.power_resend_interval:
-                    return in_progress(settings.poll_interval)
+                    return in_progress(settings.agent_boot_poll_interval)
                 # Still off: the BMC lost the power on (or the boot device); boot again
                 # (the agent timeout, from the first boot request, still bounds it all).
                 log.info(
@@ -471,7 +471,7 @@ class DirectProvisioner:
                 address.info.boot_method,
                 work.name,
             )
-            return in_progress(settings.poll_interval)
+            return in_progress(settings.agent_boot_poll_interval)
         return in_progress(settings.poll_interval)
 
     async def _boot_agent(self, bmc: BMC, address: BMCAddress) -> None:

@@ -355,7 +355,8 @@ def at_nice(nice: int | None, work: Callable[[], T]) -> T:
         except BaseException as exc:
             done.append((False, exc))
 
-    thread = threading.Thread(target=run, name="agent-work")
+    # A daemon: an interrupted agent (Ctrl-C) exits without waiting for the write to end.
+    thread = threading.Thread(target=run, name="agent-work", daemon=True)
     thread.start()
     thread.join()
     ok, value = done[0]

@@ -2,9 +2,10 @@
 
 What a booted agent ramdisk would run, as a process: `ip netns exec HOSTNS python -m metal3
 agent run --api https://GATEWAY:PORT --ca-file ... --state-dir DIR/hosts/NAME/agent-state
---root DIR/hosts/NAME/sysroot --power-action exit --mac MAC...`, its output appended to
-`DIR/hosts/NAME/agent.log` (each boot starts with a `--- lab:` line). The agent reads its
-inventory from the host's recorded tree and cleans and writes the host's loop devices.
+--root DIR/hosts/NAME/sysroot --power-action exit --work-nice 19 --mac MAC...`, its output
+appended to `DIR/hosts/NAME/agent.log` (each boot starts with a `--- lab:` line). The agent
+reads its inventory from the host's recorded tree and cleans and writes the host's loop
+devices.
 Powering the host off ends it: SIGTERM, then SIGKILL if it has not gone after a grace period.
 The agent is killed with the supervisor (the kernel's parent-death signal), so a supervisor
 that dies leaves no agent running.
@@ -45,15 +46,18 @@ import contextlib
 import ctypes
 import datetime
 import functools
+import logging
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from metal3.lab import cpu
+
+log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 AGENT_NICE = 10  # a booted agent's CPU priority without the hosts' CPU group (module doc)
@@ -131,15 +135,17 @@ def start_agent(spec: AgentSpec, reason: str) -> subprocess.Popen[bytes]:
         stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
         log.write(f"--- lab: {stamp} {reason}: starting the agent\n".encode())
         log.flush()
-        return subprocess.Popen(
+        process = subprocess.Popen(
             spec.argv(),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             env=_environment(),
             start_new_session=True,
-            preexec_fn=functools.partial(_agent_setup, spec.cpu_group, spec.booted_nice),
+            preexec_fn=_setup_for(spec, spec.booted_nice),
         )
+    _check_group(spec, process.pid)
+    return process
 
 
 class AgentLauncher:
@@ -163,8 +169,9 @@ class AgentLauncher:
                 stderr=subprocess.STDOUT,
                 env=_environment(),
                 start_new_session=True,
-                preexec_fn=functools.partial(_agent_setup, self.spec.cpu_group, READY_NICE),
+                preexec_fn=_setup_for(self.spec, READY_NICE),
             )
+        _check_group(self.spec, self._ready.pid)
 
     def start(self, reason: str) -> subprocess.Popen[bytes]:
         """Boot the agent (`start_agent`, from the ready process when it is still there);
@@ -194,14 +201,25 @@ class AgentLauncher:
             ready.wait()
 
 
-def _agent_setup(cpu_group: Path | None, nice: int) -> None:
-    """In the child, before it execs: die with the supervisor, join the hosts' CPU group,
-    take `nice` (a ready process: the lowest, so that getting ready never slows the hosts at
-    work)."""
+def _setup_for(spec: AgentSpec, nice: int) -> Callable[[], None]:
+    procs = cpu.procs_file(spec.cpu_group) if spec.cpu_group is not None else None
+    return functools.partial(_agent_setup, procs, nice)
+
+
+def _agent_setup(procs: bytes | None, nice: int) -> None:
+    """In the child, before it execs: die with the supervisor, join the hosts' CPU group
+    (`procs`: its `cpu.procs_file`), take `nice` (a ready process: 19, as the hosts' disk work,
+    below their agents' calls to the operator)."""
     _die_with_supervisor()
-    if cpu_group is not None:
-        cpu.join(cpu_group)
+    if procs is not None:
+        cpu.join(procs)
     _set_priority(0, nice)
+
+
+def _check_group(spec: AgentSpec, pid: int) -> None:
+    """Say so when a process did not get into the hosts' CPU group (it runs beside it)."""
+    if spec.cpu_group is not None and pid not in cpu.members(spec.cpu_group):
+        log.warning("agent pid %d is not in the hosts' CPU group %s", pid, spec.cpu_group)
 
 
 def _set_priority(pid: int, nice: int) -> None:

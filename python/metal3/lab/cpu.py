@@ -6,7 +6,10 @@ equals, the emulated hosts' work delayed every BMC answer and reconcile (the Red
 took 170 ms at the median to answer a read, and a host's deploy result waited 6 s to become
 `provisioned`): a cost of the emulation, not of managing the hosts. The lab therefore puts all
 its agents in one cgroup of the CPU controller with an eighth of the default weight
-(`HOSTS_WEIGHT`): together they yield to any busy process outside it, and inside the group
+(`HOSTS_WEIGHT`): together they yield to the busy processes beside the group (its siblings
+in the hierarchy: on a machine whose processes are all in the root cgroup, as the CI
+machine's are, every other process; a control plane in another branch, a container or a
+systemd slice, competes through its ancestors' weights instead), and inside the group
 the scheduler ranks them by their nice values as usual (the agents' own calls to the operator
 at nice 0, their disk work at 19: see `metal3 agent run --work-nice`). The writes still get
 every cycle the control plane leaves.
@@ -18,8 +21,8 @@ the weight, for the same orchestration overhead (6.7 and 6.4 s at the median).
 The group is named as the lab's namespaces are (`m3lab-LABID`), in the hierarchy that has the
 CPU controller (cgroup v1's `cpu`, or the v2 unified one: see `group_parent`), journalled
 before it is made and removed at teardown. A machine where none can be made (no CPU
-controller, a read-only cgroup file system) runs the agents at a lower nice value instead,
-and `metal3 lab status` says which the lab has.
+controller, a read-only cgroup file system) runs the agents at nice 10 (lower priority)
+instead, and `metal3 lab status` says which the lab has.
 """
 
 from __future__ import annotations
@@ -128,11 +131,22 @@ def weight_file(group: Path) -> tuple[str, str]:
     return "cpu.weight", str(round(100 * HOSTS_WEIGHT))
 
 
-def join(group: Path) -> None:
-    """Move this process into `group`. Only system calls: callable between fork and exec."""
-    fd = os.open(group / "cgroup.procs", os.O_WRONLY)
+def procs_file(group: Path) -> bytes:
+    """The file `join` writes to, as bytes (made before the fork)."""
+    return os.fsencode(group / "cgroup.procs")
+
+
+def join(procs: bytes) -> None:
+    """Move this process into the group whose `procs_file` this is. Only system calls:
+    callable between fork and exec. Best effort: the parent checks with `members`."""
+    try:
+        fd = os.open(procs, os.O_WRONLY)
+    except OSError:
+        return
     try:
         os.write(fd, b"%d" % os.getpid())
+    except OSError:
+        pass
     finally:
         os.close(fd)
 

@@ -422,7 +422,7 @@ class DirectProvisioner:
                 boot.phase = "running"
                 return in_progress(settings.agent_poll_interval)
             if boot is not None and boot.phase == "starting" and not record.token_lost:
-                return in_progress(settings.agent_boot_poll_interval)  # booting; no lookup yet
+                return self._boot_poll(boot, now)  # booting; no lookup yet
             # On, but not running an agent of ours: through off, then boot the agent.
             if not self._may_power_off:
                 raise StepFailed(
@@ -441,7 +441,7 @@ class DirectProvisioner:
                     session.boot = session.power_request = None
                     raise error
                 if now - boot.started < settings.power_resend_interval:
-                    return in_progress(settings.agent_boot_poll_interval)
+                    return self._boot_poll(boot, now)
                 # Still off: the BMC lost the power on (or the boot device); boot again
                 # (the agent timeout, from the first boot request, still bounds it all).
                 log.info(
@@ -471,8 +471,19 @@ class DirectProvisioner:
                 address.info.boot_method,
                 work.name,
             )
-            return in_progress(settings.agent_boot_poll_interval)
+            return self._boot_poll(starting, now)
         return in_progress(settings.poll_interval)
+
+    def _boot_poll(self, boot: AgentBoot, now: float) -> Result:
+        """The next look while the agent boots: after `agent_boot_poll_interval`, or sooner
+        when the boot's re-send or the agent timeout falls due first."""
+        settings = self.settings
+        due = min(
+            settings.agent_boot_poll_interval,
+            boot.started + settings.power_resend_interval - now,
+            boot.since + settings.agent_timeout - now,
+        )
+        return in_progress(max(FIRST_POWER_POLL, due))
 
     async def _boot_agent(self, bmc: BMC, address: BMCAddress) -> None:
         """Boot device (and media) for the agent, then power on; one background call."""

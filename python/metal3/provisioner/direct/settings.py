@@ -61,9 +61,10 @@ class DirectSettings:
     #: seconds between looks at the agent's record while it works (its results also wake the
     #: host at once, through the agent API)
     agent_poll_interval: float = 15.0
-    #: seconds between looks at the BMC and the agent's record while the agent boots: a
-    #: safety net only (a lost power on, a lost token), since the agent API hands the agent
-    #: its work at its lookup; at 1 s, fifty booting hosts kept an emulated BMC busy
+    #: seconds between looks at the BMC and the agent's record while the agent boots (sooner
+    #: when a re-send or the agent timeout falls due): a safety net only (a lost power on, a
+    #: lost token), since the agent API hands the agent its work at its lookup; at 1 s,
+    #: fifty booting hosts kept an emulated BMC busy
     agent_boot_poll_interval: float = 5.0
     #: worker processes for IPMI calls (pyghmi runs in them; see metal3.bmc.ipmiworkers)
     ipmi_workers: int = 8

@@ -184,7 +184,7 @@ def test_host_keeps_an_agent_ready_only_while_off_and_set_to_boot_it(tmp_path: P
             agents.signal_process(pid, signal.SIGKILL)
 
 
-def test_agents_in_the_hosts_cpu_group_run_below_everything_else(tmp_path: Path) -> None:
+def test_agents_run_in_the_hosts_low_weight_cpu_group(tmp_path: Path) -> None:
     """With the hosts' CPU group, a ready process and a booted agent (from the ready process
     or started cold) run in it, the group at an eighth of the default CPU weight; the
     booted agent at nice 0 there, the ready one at 19. The group goes once they are gone."""

@@ -238,7 +238,7 @@ def status(data_dir: Path) -> dict[str, Any]:
         "network": {"namespace": info.namespace, "subnet": info.subnet, "gateway": info.gateway},
         "agent_api": {"listen": info.agent_api_listen, "lab_address": info.agent_api_lab_address},
         "images": {"url": info.images_url, "local_url": info.images_local_url},
-        "hosts_cpu": {"group": info.hosts_cpu_group, "note": info.hosts_cpu_note},
+        "hosts_cpu": info.hosts_cpu,
         "hosts": hosts,
     }
 

@@ -179,6 +179,11 @@ class LabInfo:
     hosts_cpu_group: str = ""
     hosts_cpu_note: str = ""
 
+    @property
+    def hosts_cpu(self) -> dict[str, str]:
+        """`lab.json`'s "hosts_cpu": the hosts' CPU group, or the note why there is none."""
+        return {"group": self.hosts_cpu_group, "note": self.hosts_cpu_note}
+
     def host(self, name: str) -> LabHost:
         for host in self.hosts:
             if host.name == name:
@@ -210,7 +215,7 @@ class LabInfo:
             "agent_iso_url": self.agent_iso_url,
             "bmcs": {"redfish_url": self.redfish_url, "notify_url": self.notify_url},
             "libvirt_uri": self.libvirt_uri,
-            "hosts_cpu": {"group": self.hosts_cpu_group, "note": self.hosts_cpu_note},
+            "hosts_cpu": self.hosts_cpu,
             "hosts": [host.to_json() for host in self.hosts],
         }
 

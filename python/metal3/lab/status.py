@@ -25,7 +25,7 @@ def up_summary(info: LabInfo, data_dir: str, seconds: float) -> str:
         f"images:    {info.images_dir}/ at {info.images_url} (hosts), "
         f"{info.images_local_url} (BMCs, operator)",
         f"agent ISO: {info.agent_iso_url}",
-        _hosts_cpu({"group": info.hosts_cpu_group, "note": info.hosts_cpu_note}),
+        _hosts_cpu(info.hosts_cpu),
         "",
     ]
     rows = [["NAME", "BMC", "PROFILE", "BOOT MAC", "IP", "DISKS", "MANIFEST"]]

@@ -14,7 +14,7 @@ import anyio
 
 from metal3.controllers.baremetalhost import Settings
 from metal3.kube.client import ApiError, KubeClient
-from metal3.kube.resources import BAREMETALHOSTS, NAMESPACES, SECRETS
+from metal3.kube.resources import BAREMETALHOSTS, EVENTS, NAMESPACES, SECRETS
 from metal3.operator import Operator, OperatorOptions
 from metal3.provisioner.base import ProvisionerFactory
 from metal3.provisioner.fixture import FixtureProvisionerFactory, FixtureWorld
@@ -143,6 +143,23 @@ class Cluster:
 
     async def wait_gone(self, name: str, timeout: float = 20.0) -> None:
         await self.wait_for(name, lambda o: o is None, timeout=timeout, what="deletion")
+
+    async def wait_events(
+        self, reasons: set[str], *, name: str | None = None, timeout: float = 10.0
+    ) -> list[dict[str, Any]]:
+        """The namespace's events (about ``name``, if given) once their reasons include all of
+        ``reasons``: the operator sends events in the background, after the status write."""
+        events: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        with anyio.move_on_after(timeout):
+            while not reasons <= seen:
+                items, _ = await self.client.list(EVENTS, self.namespace)
+                events = [e for e in items if name is None or e["involvedObject"]["name"] == name]
+                seen = {e["reason"] for e in events}
+                if reasons <= seen:
+                    return events
+                await anyio.sleep(0.05)
+        raise AssertionError(f"timed out waiting for events {sorted(reasons - seen)}; saw {seen}")
 
     async def record_states(self, name: str, seen: list[str], *, task_status: Any) -> None:
         """Append every provisioning state the host passes through (from a watch) to ``seen``,

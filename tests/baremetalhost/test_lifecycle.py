@@ -9,7 +9,7 @@ import pytest
 
 from baremetalhost.kit import IMAGE, cluster, condition, host, running_operator, secret, state
 from metal3.kube.client import ApiError
-from metal3.kube.resources import EVENTS, HARDWAREDATA, SECRETS
+from metal3.kube.resources import HARDWAREDATA, SECRETS
 
 pytestmark = pytest.mark.anyio
 
@@ -36,12 +36,9 @@ async def test_register_inspect_prepare_available(kubeconfig: Path, namespace: s
         assert condition(obj, "AvailableForProvisioning") == "True"
         hd = await c.client.get(HARDWAREDATA, namespace, "h1")
         assert hd["spec"]["hardware"] == status["hardware"]
-        reasons: set[str] = set()
-        with anyio.fail_after(10):  # events are sent in the background
-            while not {"Registering", "InspectionStarted", "Available", "PowerOn"} <= reasons:
-                events, _ = await c.client.list(EVENTS, namespace)
-                reasons = {e["reason"] for e in events if e["involvedObject"]["name"] == "h1"}
-                await anyio.sleep(0.05)
+        events = await c.wait_events(
+            {"Registering", "InspectionStarted", "Available", "PowerOn"}, name="h1"
+        )
         assert all(e["source"]["component"] == "metal3-baremetal-controller" for e in events)
         owner = hd["metadata"]["ownerReferences"][0]
         assert (owner["kind"], owner["name"], owner["uid"]) == (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -26,11 +27,11 @@ def short_history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
     server.stop()
 
 
-def secret(name: str, value: str = "x") -> dict[str, object]:
+def secret(name: str, value: str = "x", namespace: str = "inf") -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": name, "namespace": "inf"},
+        "metadata": {"name": name, "namespace": namespace},
         "stringData": {"v": value},
     }
 
@@ -100,3 +101,41 @@ async def test_watch_resumes_across_an_apiserver_restart(tmp_path: Path) -> None
             assert informer.store.get("inf", "after-restart") is not None
     finally:
         server.stop()
+
+
+async def test_a_write_answered_after_its_objects_deletion_does_not_bring_it_back(
+    short_history: ServerProcess,
+) -> None:
+    """A reconciler caches what its write returned; when that write removes the last
+    finalizer, the watch's DELETED can be applied before the answer is cached. The cache
+    must then keep the object gone (a ghost host kept its claim bound forever)."""
+    async with await KubeClient.connect(str(short_history.kubeconfig)) as client:
+        await client.create(
+            NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tomb"}}
+        )
+        held = secret("held", namespace="tomb")
+        held["metadata"]["finalizers"] = ["test/hold"]
+        await client.create(SECRETS, held)
+        informer = Informer(client, SECRETS, "tomb")
+        deleted: list[str] = []
+        informer.add_handler(
+            lambda kind, obj: deleted.append(obj["metadata"]["name"]) if kind == "DELETED" else None
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(informer.run)
+            await informer.synced.wait()
+            await client.delete(SECRETS, "tomb", "held")
+            last = await client.patch(SECRETS, "tomb", "held", {"metadata": {"finalizers": None}})
+            with anyio.fail_after(10):
+                while "held" not in deleted:
+                    await anyio.sleep(0.01)
+            assert last["metadata"].get("deletionTimestamp")  # the write's answer, now stale
+            assert informer.store.put(last) is False
+            assert informer.store.get("tomb", "held") is None
+
+            # The same name made again is a newer object, and is cached.
+            await client.create(SECRETS, secret("held", namespace="tomb"))
+            with anyio.fail_after(10):
+                while informer.store.get("tomb", "held") is None:
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()

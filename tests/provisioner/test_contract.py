@@ -14,7 +14,6 @@ from baremetalhost.recording_provisioner import RecordingProvisioner
 from baremetalhost.test_state_machine_table import RAID, SECRET_VERSION, USER_DATA, Row, manifest
 from metal3.api.baremetalhost import BareMetalHost
 from metal3.controllers.baremetalhost.state_machine import HostStateMachine, StepContext
-from metal3.kube.resources import EVENTS
 from metal3.provisioner.base import Credentials, InspectionResult
 from metal3.provisioner.fixture import FixtureProvisioner, FixtureProvisionerFactory
 
@@ -74,9 +73,8 @@ async def test_a_raising_provisioner_becomes_a_host_error_with_its_status_writte
                 "provisioner error in making the provisioner: KeyError: 'no hardware profile "
                 "for this host'"
             )
-            events, _ = await c.client.list(EVENTS, namespace)
-            warnings = {e.get("reason") for e in events if e.get("type") == "Warning"}
-            assert "InspectionError" in warnings
+            events = await c.wait_events({"InspectionError"}, name="raises")
+            assert {e["type"] for e in events if e["reason"] == "InspectionError"} == {"Warning"}
 
             # Deleting a host makes the operator free what the provisioner holds for it.
             raises = await c.get("raises")

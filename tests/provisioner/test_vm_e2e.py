@@ -285,6 +285,8 @@ async def test_two_vms_from_registration_to_deletion(
 
 
 FAILING = replace(VM_SETTINGS, agent_timeout=90.0)
+# Retried at once (a failed provisioning goes through deprovisioning), given up after two.
+GIVE_UP_AFTER_TWO = replace(FAST, error_backoff_unit=600, max_provisioning_retries=2)
 
 
 async def test_a_vm_whose_agent_never_calls_back_and_a_wrong_checksum(
@@ -294,14 +296,15 @@ async def test_a_vm_whose_agent_never_calls_back_and_a_wrong_checksum(
     itself up by its real MAC, which no host has, so its agent never calls back; after the
     agent timeout the host is in an inspection error and powered off. vm-0 (no inspection, no
     cleaning: one agent boot per try) is given the image with a wrong checksum: a provisioning
-    error naming the checksum, the disk left with no partition table (the agent wipes what it
-    wrote), and its boot loader never runs (the provisioner tries again meanwhile, as upstream
-    does, each try failing the same way)."""
+    error naming the checksum. The operator provisions it again, as upstream does, each try
+    failing the same way, until `max_provisioning_retries` (2 here) stops it. Only then, with
+    no write in flight, is the disk read: no partition table left (each failed try's agent
+    wipes what it wrote), and its boot loader never ran."""
     run, image = vm_lab
     lost, bad = _vm(run, "vm-1"), _vm(run, "vm-0")
     async with (
         cluster(kubeconfig, namespace) as c,
-        lab_operator(kubeconfig, namespace, run, FAILING, replace(FAST, error_backoff_unit=600)),
+        lab_operator(kubeconfig, namespace, run, FAILING, GIVE_UP_AFTER_TWO),
     ):
         manifests = run.manifests(namespace)
         for name in (lost.name, bad.name):
@@ -341,6 +344,14 @@ async def test_a_vm_whose_agent_never_calls_back_and_a_wrong_checksum(
         with anyio.fail_after(120):
             while (await _domstate(run, lost.name)) != "shut off":
                 await anyio.sleep(1)
+        given_up = await c.wait_for(
+            bad.name,
+            lambda o: "not retrying" in ((o or {}).get("status") or {}).get("errorMessage", ""),
+            timeout=PHASE_TIMEOUT,
+            what="the retries to end",
+        )
+        assert given_up is not None
+        assert given_up["status"]["provisioningFailCount"] == 2, given_up["status"]
         assert partition_table_type(bad.disks[1]) == ""  # nothing bootable was left ...
         assert await anyio.to_thread.run_sync(_written_past_the_first_mib, bad.disks[1])  # ...
         # of the image the agent streamed before the checksum showed it wrong
@@ -348,6 +359,8 @@ async def test_a_vm_whose_agent_never_calls_back_and_a_wrong_checksum(
         kernels = [line for line in console.splitlines() if "Command line:" in line]
         assert kernels, console[-3000:]
         assert all("metal3.agent_api=" in line for line in kernels), kernels  # only the agent's
+        failures = [line for line in console.splitlines() if "deploy failed:" in line]
+        assert len(failures) == 2 and all("checksum mismatch" in f for f in failures), failures
         assert read_report(console) is None
         assert state(await c.get(bad.name)) != "provisioned"
         for name in (lost.name, bad.name):

@@ -46,11 +46,19 @@ def newer(candidate: str, current: str) -> bool:
 
 
 class Store:
-    """The cached objects of one resource type, by (namespace, name)."""
+    """The cached objects of one resource type, by (namespace, name).
+
+    A deleted object leaves a tombstone (the version its deletion was seen at), so that a
+    write's response arriving after the watch's DELETED (a reconciler caching what it wrote,
+    as the last finalizer goes) cannot bring the object back into the cache.
+    """
+
+    TOMBSTONES = 4096  # the most recent deletions remembered; older ones are forgotten
 
     def __init__(self) -> None:
         self._items: dict[ObjectKey, JsonObject] = {}
         self._listeners: list[Callable[[JsonObject], None]] = []
+        self._tombstones: dict[ObjectKey, str] = {}
 
     def add_listener(self, listener: Callable[[JsonObject], None]) -> None:
         """Call ``listener`` with every object stored, whoever stores it: the informer, or a
@@ -72,9 +80,15 @@ class Store:
     def put(self, obj: JsonObject) -> bool:
         """Store ``obj`` unless the cache already holds a newer version; True if stored."""
         key = object_key(obj)
+        version = _version(obj)
         current = self._items.get(key)
-        if current is not None and not newer(_version(obj), _version(current)):
+        if current is not None and not newer(version, _version(current)):
             return False
+        deleted_at = self._tombstones.get(key)
+        if deleted_at is not None:
+            if not newer(version, deleted_at):
+                return False  # a version from before its deletion
+            del self._tombstones[key]
         self._items[key] = obj
         for listener in self._listeners:
             try:
@@ -83,7 +97,14 @@ class Store:
                 log.exception("store listener failed")
         return True
 
-    def remove(self, key: ObjectKey) -> JsonObject | None:
+    def remove(self, key: ObjectKey, version: str = "") -> JsonObject | None:
+        """Drop ``key``, seen deleted at resourceVersion ``version``: no version up to that
+        one is stored again."""
+        if version:
+            self._tombstones.pop(key, None)
+            self._tombstones[key] = version
+            while len(self._tombstones) > self.TOMBSTONES:
+                del self._tombstones[next(iter(self._tombstones))]
         return self._items.pop(key, None)
 
     def __len__(self) -> int:
@@ -133,7 +154,7 @@ class Informer:
             if self.store.put(obj):
                 self._notify("ADDED", obj)
         for key in set(self.store.object_keys()) - seen:
-            gone = self.store.remove(key)
+            gone = self.store.remove(key, version)
             if gone is not None:
                 self._notify("DELETED", gone)
         self.resource_version = version
@@ -151,7 +172,7 @@ class Informer:
                 self.resource_version = version or self.resource_version
                 continue
             if event.type == "DELETED":
-                self.store.remove(object_key(event.object))
+                self.store.remove(object_key(event.object), version)
                 self._notify("DELETED", event.object)
             elif self.store.put(event.object):
                 self._notify(event.type, event.object)

@@ -83,6 +83,7 @@ class LeaderElector:
         self._observed_at = 0.0  # monotonic time the spec was last seen to change
         self._renewed_at: float | None = None  # start of the last successful take or renewal
         self._renewing: anyio.CancelScope | None = None  # keep_renewing's loop, for release()
+        self._released = False  # release() was called: keep_renewing ends instead of renewing
 
     @property
     def is_leader(self) -> bool:
@@ -160,6 +161,7 @@ class LeaderElector:
 
     async def acquire(self) -> None:
         """Wait until this candidate is the leader."""
+        self._released = False
         while True:
             try:
                 if await self.try_acquire_or_renew() and self.is_leader:
@@ -176,6 +178,10 @@ class LeaderElector:
         with anyio.CancelScope() as self._renewing:
             while True:
                 await anyio.sleep(self.retry_period)
+                if self._released:
+                    # The cancellation may not have reached this task yet: its sleep had
+                    # ended and it was waiting to run when release() was called.
+                    return
                 renewed_at = self._renewed_at
                 if renewed_at is None:
                     raise LostLeadership(f"lease {self.name} is not held")
@@ -187,6 +193,8 @@ class LeaderElector:
                         renewed = await self.try_acquire_or_renew()
                     except Exception as exc:
                         log.warning("leader election: renew failed: %r", exc)
+                if self._released:
+                    return
                 if renewed:
                     continue
                 holder = self._observed_holder()
@@ -200,6 +208,7 @@ class LeaderElector:
     async def release(self) -> None:
         """Give the lease up (best effort) so a standby need not wait for it to expire; stops
         :meth:`keep_renewing` first so it cannot take the freed lease again."""
+        self._released = True
         if self._renewing is not None:
             self._renewing.cancel()
         if not self.is_leader:

@@ -75,6 +75,7 @@ log = logging.getLogger(__name__)
 
 VIRTUAL_MEDIA = BootMethod.VIRTUAL_MEDIA
 FIRST_POWER_POLL = 0.1  # seconds after a power request before its effect is first looked for
+FRESH_POWER_READ = 0.5  # seconds a power read stands for the state machine's next question
 BMC_SERVER_ERRORS = 6  # BMC server errors (5xx) in a row that fail a step; fewer are retried
 JsonObject = dict[str, Any]
 
@@ -129,6 +130,7 @@ class DirectProvisioner:
 
     async def _bmc_call(self, label: str, func: Callable[[BMC], Awaitable[Any]]) -> Any:
         bmc, _ = self._bmc()
+        self.session.power_seen = None  # any call but a read may change the power
         return await self.session.calls.call(label, lambda: func(bmc))
 
     async def _step(self, what: str, step: Callable[[], Awaitable[Result]]) -> Result:
@@ -218,10 +220,14 @@ class DirectProvisioner:
 
     async def _read_power(self) -> BMCPower:
         state: BMCPower = await self._bmc_call("power-state", lambda bmc: bmc.power_state())
+        self.session.power_seen = (state, self._clock())
         return state
 
-    async def _power(self, on: bool, *, hard: bool = True) -> Result | None:
+    async def _power(
+        self, on: bool, *, hard: bool = True, known: BMCPower | None = None
+    ) -> Result | None:
         """Bring the host to power on/off; None once it is there, else in progress or failed.
+        ``known`` is the state this step read just now, so it is not read again.
 
         Non-blocking: a request is sent and its effect polled (BMCs apply power changes
         seconds later); one whose effect has not shown after `power_resend_interval` is sent
@@ -230,7 +236,7 @@ class DirectProvisioner:
         on).
         """
         session, settings = self.session, self.settings
-        state = await self._read_power()
+        state = known if known is not None else await self._read_power()
         wanted = BMCPower.ON if on else BMCPower.OFF
         if state == wanted:
             session.power_request = None
@@ -324,8 +330,15 @@ class DirectProvisioner:
         return await self._step("power off", step)
 
     async def power_state(self) -> PowerState:
+        """The host's power, for the state machine's power management: a read less than
+        `FRESH_POWER_READ` old (a step that just brought the host on or off) is used as it
+        is, not asked of the BMC again; on real BMCs a read takes up to seconds."""
+        seen = self.session.power_seen
         try:
-            state = await self._read_power()
+            if seen is not None and self._clock() - seen[1] < FRESH_POWER_READ:
+                state = seen[0]
+            else:
+                state = await self._read_power()
         except (StillRunning, StepFailed, BMCError) as exc:
             log.debug("%s: power state unknown: %s", self.name, exc)
             return PowerState(None)
@@ -741,12 +754,14 @@ class DirectProvisioner:
                 self.name,
                 "reset: power off is disabled" if reset else "off, then on",
             )
+        known = None
         if not session.finishing_off:
             pending = await self._power(False)
             if pending is not None:
                 return pending
             session.finishing_off = True
-        pending = await self._power(True)
+            known = BMCPower.OFF  # read by _power just now
+        pending = await self._power(True, known=known)
         if pending is not None:
             return pending
         await self._records().agent_gone(self._host_json())  # up from its disk: no agent

@@ -18,6 +18,7 @@ import anyio
 from metal3.bmc.address import BMCAddress, Driver
 from metal3.bmc.credentials import Credentials
 from metal3.bmc.interface import BMC, PowerAction
+from metal3.bmc.interface import PowerState as BMCPower
 from metal3.bmc.ipmiworkers import WorkerPool
 from metal3.provisioner.direct.calls import BackgroundCalls
 
@@ -71,6 +72,9 @@ class HostSession:
         self.finishing: str = ""  # the deploy whose boot from disk this process set up
         self.finishing_off = False  # ... and the host has been off since
         self.bmc_errors = 0  # BMC server errors (5xx) in a row, see DirectProvisioner._step
+        # The last power state read, with its (provisioner clock) time; None after any other
+        # BMC call, which may have changed it. See DirectProvisioner.power_state.
+        self.power_seen: tuple[BMCPower, float] | None = None
 
     def __repr__(self) -> str:
         return f"HostSession({self.namespace}/{self.name})"

@@ -1,0 +1,79 @@
+"""The direct provisioner asks a BMC for the power state no more than it must: on real BMCs a
+Redfish GET takes up to seconds, and every finished provisioning asks the power state right
+after the step that brought the host on. Counted from the real emulator's request log."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import anyio
+import pytest
+
+from metal3.api.baremetalhost import BareMetalHost
+from metal3.bmc.credentials import Credentials
+from metal3.bmc.emulators import SushyEmulator, fake_systems
+from metal3.provisioner.base import ManagementAccessData, ProvisionerServices, Result
+from metal3.provisioner.direct.factory import DirectProvisionerFactory
+from metal3.provisioner.direct.provisioner import FRESH_POWER_READ
+from metal3.provisioner.direct.settings import DirectSettings
+
+pytestmark = pytest.mark.anyio
+
+USER, PASSWORD = "admin", "Power-reads-1"
+
+
+def system_reads(emulator: SushyEmulator, uuid: str) -> int:
+    """GETs of the system resource (the power state's) in the emulator's request log."""
+    log = emulator.log_path.read_text(errors="replace")
+    return log.count(f'"GET /redfish/v1/Systems/{uuid} ')
+
+
+async def until_done(call: Callable[[], Awaitable[Result]]) -> None:
+    with anyio.fail_after(30):
+        while True:
+            result = await call()
+            assert not result.error_message, result.error_message
+            if result.complete:
+                return
+            await anyio.sleep(min(result.requeue_after, 0.2))
+
+
+async def test_the_state_a_power_step_just_read_is_not_read_again() -> None:
+    system = fake_systems(1, prefix="reads")[0]
+    with SushyEmulator([system], users={USER: PASSWORD}) as emulator:
+        address = emulator.address(system)
+        host = BareMetalHost.from_json(
+            {
+                "apiVersion": "metal3.io/v1alpha1",
+                "kind": "BareMetalHost",
+                "metadata": {"name": "reads", "namespace": "t", "uid": "uid-reads"},
+                "spec": {"bmc": {"address": address, "credentialsName": "reads-bmc"}},
+            }
+        )
+        factory = DirectProvisionerFactory(DirectSettings(poll_interval=0.2, bmc_wait=5.0))
+        # Registering and powering on need no API client (the agent's records are not read).
+        services = ProvisionerServices(client=cast(Any, None), wake=lambda ns, name: None)
+        async with anyio.create_task_group() as tg:
+            await tg.start(factory.run, services)
+            access = ManagementAccessData(address, Credentials(USER, PASSWORD), False, None, None)
+            await until_done(lambda: factory.for_host(host).register(access, force=False))
+            await until_done(lambda: factory.for_host(host).power_on(force=False))
+            before = system_reads(emulator, system.uuid)
+
+            state = await factory.for_host(host).power_state()
+            assert state.powered_on is True
+            assert system_reads(emulator, system.uuid) == before  # the power on's read stood
+
+            await anyio.sleep(FRESH_POWER_READ)
+            state = await factory.for_host(host).power_state()
+            assert state.powered_on is True
+            assert system_reads(emulator, system.uuid) == before + 1  # too old: asked again
+
+            # Any other BMC call may change the power: the next question goes to the BMC.
+            await until_done(lambda: factory.for_host(host).power_on(force=False))
+            after_on = system_reads(emulator, system.uuid)
+            await factory.for_host(host).register(access, force=True)
+            await factory.for_host(host).power_state()
+            assert system_reads(emulator, system.uuid) > after_on + 1
+            tg.cancel_scope.cancel()

@@ -181,6 +181,7 @@ class LeaderElector:
                 if self._released:
                     # The cancellation may not have reached this task yet: its sleep had
                     # ended and it was waiting to run when release() was called.
+                    self._renewed_at = None
                     return
                 renewed_at = self._renewed_at
                 if renewed_at is None:
@@ -194,6 +195,8 @@ class LeaderElector:
                     except Exception as exc:
                         log.warning("leader election: renew failed: %r", exc)
                 if self._released:
+                    # A renewal answered as release() began: it must not count.
+                    self._renewed_at = None
                     return
                 if renewed:
                     continue

@@ -152,7 +152,7 @@ class Cluster:
         events: list[dict[str, Any]] = []
         seen: set[str] = set()
         with anyio.move_on_after(timeout):
-            while not reasons <= seen:
+            while True:
                 items, _ = await self.client.list(EVENTS, self.namespace)
                 events = [e for e in items if name is None or e["involvedObject"]["name"] == name]
                 seen = {e["reason"] for e in events}

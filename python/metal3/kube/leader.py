@@ -180,8 +180,8 @@ class LeaderElector:
                 await anyio.sleep(self.retry_period)
                 if self._released:
                     # The cancellation may not have reached this task yet: its sleep had
-                    # ended and it was waiting to run when release() was called.
-                    self._renewed_at = None
+                    # ended and it was waiting to run when release() was called (which
+                    # cleared the lease time itself).
                     return
                 renewed_at = self._renewed_at
                 if renewed_at is None:

@@ -62,6 +62,8 @@ def agent_running(lab: Lab, name: str) -> int | None:
     if str(pid) not in pids:
         return None
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    if cmdline == [b""]:
+        return None  # an ending process (a zombie): the record names a boot that is over
     assert b"agent" in cmdline and b"run" in cmdline
     assert f"--root={lab.host_dir(name)}/sysroot".encode() in [
         b"=".join(cmdline[i : i + 2]) for i in range(len(cmdline) - 1)

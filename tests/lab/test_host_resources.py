@@ -6,10 +6,17 @@ priority; in a lab with the hosts' CPU group (`metal3.lab.cpu`), every agent run
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import secrets
 import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from metal3.lab import agents, cpu, disks
 
@@ -68,15 +75,17 @@ def _group(pid: int) -> tuple[str, int] | None:
 
 
 class _ShellAgent(agents.AgentSpec):
-    """An agent whose process kept ready is a shell that waits for the boot line, then
+    """An agent whose process kept ready says it is ready, waits for the boot line, then
     sleeps, and whose cold start is a shell that sleeps: the launcher's part without a host
     namespace."""
 
     def argv(self) -> list[str]:
         return ["sh", "-c", "exec sleep 60"]
 
-    def warm_argv(self) -> list[str]:
-        return ["sh", "-c", "read line; exec sleep 60"]
+    def warm_argv(self) -> list[str]:  # says it is ready as the real one does, then waits
+        ready = f"os.write(int(os.environ['{agents.READY_FD_VARIABLE}']), b'1')"
+        wait = "sys.stdin.readline(); os.execvp('sleep', ['sleep', '60'])"
+        return [sys.executable, "-c", f"import os, sys; {ready}; {wait}"]
 
 
 def test_agent_kept_ready_yields_until_booted(tmp_path: Path) -> None:
@@ -177,11 +186,50 @@ def test_host_keeps_an_agent_ready_only_while_off_and_set_to_boot_it(tmp_path: P
         ready = host.launcher._ready
         assert ready is not None and ready.poll() is None and _nice(ready.pid) == 19
         started.append(ready.pid)
+        assert not host.agent_ready and not _state(host)["agent"]["ready"]
+        _run_loop_until(loop, lambda: host.agent_ready)  # its ready signal, on the loop
+        assert _state(host)["agent"]["ready"] is True
+        host.on_report(BmcReport(power="on", boot_device="pxe"))
+        assert host.process is ready and not _state(host)["agent"]["ready"]
     finally:
         host.stop()
         loop.close()
         for pid in started:
             agents.signal_process(pid, signal.SIGKILL)
+
+
+def _state(host: Any) -> dict[str, Any]:
+    return dict(json.loads(host.paths.state.read_text()))
+
+
+def _run_loop_until(loop: Any, done: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "not done in time"
+        loop.run_until_complete(asyncio.sleep(0.05))
+
+
+def test_a_ready_process_says_when_it_has_imported_the_agent(tmp_path: Path) -> None:
+    """The real ready process (`python -m metal3.lab.agents`) writes one byte on the pipe it
+    is given once the agent is imported, and closes it; with no boot line (end of input) it
+    then ends without running an agent."""
+    signal_read, signal_write = os.pipe()
+    try:
+        process = subprocess.run(
+            [sys.executable, "-m", "metal3.lab.agents", "agent", "run", "--api", "https://x"],
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
+            env={**os.environ, agents.READY_FD_VARIABLE: str(signal_write)},
+            pass_fds=(signal_write,),
+        )  # fmt: skip
+        os.close(signal_write)
+        signal_write = -1
+        assert process.returncode == 0, process.stderr
+        assert os.read(signal_read, 16) == b"1"
+        assert os.read(signal_read, 16) == b""  # closed: nothing else is written
+    finally:
+        os.close(signal_read)
+        if signal_write >= 0:
+            os.close(signal_write)
 
 
 def test_agents_run_in_the_hosts_low_weight_cpu_group(tmp_path: Path) -> None:

@@ -17,10 +17,8 @@ shipped, concurrent requests on one system can lose a change and report changes 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from metal3.childprocess import die_with_parent
 from metal3.tls import TLSFiles, write_private
 from metal3.tls import make_tls_files as make_ca_and_server_certificate
 
@@ -135,17 +134,6 @@ class EmulatorError(RuntimeError):
     """An emulator process did not come up."""
 
 
-_PR_SET_PDEATHSIG = 1
-# Looked up in the parent: between fork and exec the child only calls it (no dlopen there).
-_prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: the kernel sends SIGKILL when the thread that started this
-    process ends (so a SIGKILLed parent leaves no emulator behind)."""
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
 class _Process:
     """A child process with its scratch directory, stopped and cleaned on exit.
 
@@ -179,7 +167,7 @@ class _Process:
                 stdin=subprocess.DEVNULL,
                 cwd=self.workdir,
                 env={**os.environ, **env} if env else None,
-                preexec_fn=_die_with_parent if self.exit_with_parent else None,
+                preexec_fn=die_with_parent if self.exit_with_parent else None,
             )
         finally:
             log.close()

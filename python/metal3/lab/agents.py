@@ -28,6 +28,10 @@ Starting a Python interpreter and importing the agent took 0.3 to 1 s of each bo
 loaded 2-core machine, all of it between the BMC's power on and the agent's lookup: time the
 lab spent emulating, which a real ramdisk spends differently. A boot that finds no ready
 process starts one as before.
+A ready process says when it has imported the agent (a byte on a pipe whose read end
+`AgentLauncher.prepare` returns), and the host's state says so (`agent.ready`): importing
+takes about 0.2 s of CPU, so fifty hosts that power off at once are ready only seconds later
+(at the lowest priority), and a boot before that pays for the rest of the import itself.
 
 Where the lab has its hosts' CPU group (`metal3.lab.cpu`: one cgroup at a low CPU weight, so
 that the rest of the machine comes first), every agent process, ready or booted, goes into it
@@ -43,7 +47,6 @@ nice 0).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import datetime
 import functools
 import logging
@@ -55,22 +58,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from metal3.childprocess import die_with_parent
 from metal3.lab import cpu
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
 AGENT_NICE = 10  # a booted agent's CPU priority without the hosts' CPU group (module doc)
 GROUPED_AGENT_NICE = 0  # a booted agent's CPU priority in the hosts' CPU group
 WORK_NICE = 19  # its disk work's (`metal3 agent run --work-nice`)
 READY_NICE = 19  # an agent process kept ready for its boot
+READY_FD_VARIABLE = "METAL3_LAB_READY_FD"  # the pipe a ready process writes to once imported
 _PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
-# Looked up in the parent: between fork and exec the child only calls it (no dlopen there).
-_prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-
-def _die_with_supervisor() -> None:
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -156,22 +154,33 @@ class AgentLauncher:
         self.spec = spec
         self._ready: subprocess.Popen[bytes] | None = None
 
-    def prepare(self) -> None:
-        """Have a process ready for the next boot."""
+    def prepare(self) -> int | None:
+        """Have a process ready for the next boot. Returns the read end of its ready signal
+        when it starts one (the caller owns it: one byte once the agent is imported, end of
+        file if the process ended first), None when one was there already."""
         if self._ready is not None and self._ready.poll() is None:
-            return
+            return None
         self.spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.spec.log_path.open("ab") as log:
-            self._ready = subprocess.Popen(
-                self.spec.warm_argv(),
-                stdin=subprocess.PIPE,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=_environment(),
-                start_new_session=True,
-                preexec_fn=_setup_for(self.spec, READY_NICE),
-            )
+        signal_read, signal_write = os.pipe()
+        try:
+            with self.spec.log_path.open("ab") as log:
+                self._ready = subprocess.Popen(
+                    self.spec.warm_argv(),
+                    stdin=subprocess.PIPE,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={**_environment(), READY_FD_VARIABLE: str(signal_write)},
+                    start_new_session=True,
+                    preexec_fn=_setup_for(self.spec, READY_NICE),
+                    pass_fds=(signal_write,),
+                )
+        except BaseException:
+            os.close(signal_read)
+            raise
+        finally:
+            os.close(signal_write)
         _check_group(self.spec, self._ready.pid)
+        return signal_read
 
     def start(self, reason: str) -> subprocess.Popen[bytes]:
         """Boot the agent (`start_agent`, from the ready process when it is still there);
@@ -210,7 +219,7 @@ def _agent_setup(procs: bytes | None, nice: int) -> None:
     """In the child, before it execs: die with the supervisor, join the hosts' CPU group
     (`procs`: its `cpu.procs_file`), take `nice` (a ready process: 19, as the hosts' disk work,
     below their agents' calls to the operator)."""
-    _die_with_supervisor()
+    die_with_parent()  # the supervisor
     if procs is not None:
         cpu.join(procs)
     _set_priority(0, nice)
@@ -257,6 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import metal3.agent.runner  # noqa: F401
     from metal3.cli import main as metal3_main
 
+    _say_ready()
     boot = sys.stdin.buffer.readline().split()
     if not boot or boot[0] != b"boot":
         return 0
@@ -265,6 +275,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.dup2(devnull, 0)
     os.close(devnull)
     return metal3_main(list(sys.argv[1:] if argv is None else argv))
+
+
+def _say_ready() -> None:
+    """Tell the supervisor the agent is imported (`AgentLauncher.prepare`)."""
+    value = os.environ.pop(READY_FD_VARIABLE, "")
+    if not value.isdigit():
+        return
+    with contextlib.suppress(OSError):
+        os.write(int(value), b"1")
+    with contextlib.suppress(OSError):
+        os.close(int(value))
 
 
 def note(log_path: Path, message: str) -> None:

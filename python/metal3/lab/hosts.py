@@ -106,7 +106,11 @@ class Host:
         self.last_event = ""
         self._stopping: dict[int, asyncio.TimerHandle] = {}
         self.launcher = agents.AgentLauncher(agent)
-        self.launcher.prepare()  # a lab host's first boot is the agent's (inspection)
+        # Whether the process kept ready for the next boot has imported the agent, and the
+        # pipe that says so while it has not yet (`agents.AgentLauncher.prepare`).
+        self.agent_ready = False
+        self._ready_signal: int | None = None
+        self._prepare_agent()  # a lab host's first boot is the agent's (inspection)
         self.save()
 
     # --- BMC reports ---------------------------------------------------------------------
@@ -127,7 +131,32 @@ class Host:
     def _keep_agent_ready(self) -> None:
         """Off and set to boot the agent: have its process ready (`metal3.lab.agents`)."""
         if self.power == "off" and self.boot_device.lower() in (*NETWORK_BOOT, "cd"):
-            self.launcher.prepare()
+            self._prepare_agent()
+
+    def _prepare_agent(self) -> None:
+        pipe = self.launcher.prepare()
+        if pipe is None:
+            return
+        self._forget_ready_signal()
+        self.agent_ready = False
+        self._ready_signal = pipe
+        self.loop.add_reader(pipe, self._agent_imported, pipe)
+
+    def _agent_imported(self, pipe: int) -> None:
+        """The ready process said it is imported (a byte), or ended before (end of file)."""
+        try:
+            said = os.read(pipe, 1)
+        except OSError:
+            said = b""
+        self._forget_ready_signal()
+        self.agent_ready = bool(said)
+        self.save()
+
+    def _forget_ready_signal(self) -> None:
+        pipe, self._ready_signal = self._ready_signal, None
+        if pipe is not None:
+            self.loop.remove_reader(pipe)
+            os.close(pipe)
 
     def _power_on(self, report: BmcReport) -> None:
         self.power = "on"
@@ -209,6 +238,8 @@ class Host:
         shutil.rmtree(self.agent_spec.state_dir, ignore_errors=True)
         write_cmdline(self.agent_spec.root, cmdline)
         process = self.launcher.start(reason)
+        self._forget_ready_signal()
+        self.agent_ready = False
         self.process = process
         self.booted = "agent"
         self.note = reason
@@ -272,6 +303,8 @@ class Host:
         self.power = "off"
         self.process = None
         self.launcher.close()
+        self._forget_ready_signal()
+        self.agent_ready = False
         if process is not None and process.poll() is None:
             agents.signal_process(process.pid, signal.SIGKILL)
             process.wait()
@@ -298,6 +331,7 @@ class Host:
                 "started_at": self.agent_started_at,
                 "exit_code": self.agent_exit_code,
                 "start_latency_seconds": self.agent_start_latency,
+                "ready": self.agent_ready,
             },
             "last_event": self.last_event,
             "updated_at": _now(),

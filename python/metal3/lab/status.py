@@ -68,6 +68,8 @@ def status_text(doc: dict[str, Any]) -> str:
         os_found = host.get("os") or {}
         if agent.get("pid"):
             agent_text = f"pid {agent['pid']}"
+        elif agent.get("ready"):
+            agent_text = "ready"  # a process has imported the agent for the next boot
         elif agent.get("exit_code") is not None:
             agent_text = f"exited {agent['exit_code']}"
         else:

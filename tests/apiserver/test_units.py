@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,22 @@ def test_store_history_and_persistence(tmp_path: Path) -> None:
     with pytest.raises(ExpiredError):
         reopened.since(2)
     reopened.close()
+
+
+def test_a_second_store_on_one_database_is_refused_until_the_first_is_closed(
+    tmp_path: Path,
+) -> None:
+    """Two servers on one directory would both number and write changes: the second store
+    waits for the first's lock, then is refused with a clear error; closing frees it."""
+    first = Store(tmp_path / "db")
+    first.put("g/things", {"metadata": {"name": "t", "namespace": "n"}}, None)
+    with pytest.raises(OSError, match=r"another API server is using .*db") as refused:
+        Store(tmp_path / "db", lock_wait=0.2)
+    assert refused.value.errno == errno.EBUSY
+    first.close()
+    second = Store(tmp_path / "db", lock_wait=0.2)
+    assert [o["metadata"]["name"] for o in second.items("g/things")] == ["t"]
+    second.close()
 
 
 def test_a_write_after_the_store_closed_is_a_503_not_an_sqlite_error(tmp_path: Path) -> None:

@@ -7,15 +7,17 @@ module and streamed (chunked) responses for watches.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 import ssl
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
-import anyio
 import uvicorn
 import yaml
 
@@ -28,20 +30,34 @@ from metal3.apiserver.registry import Registry
 from metal3.apiserver.store import Store
 from metal3.apiserver.strategies import CRD_KEY
 
-# Seconds the store stays open after the server stopped, for request tasks still unwinding.
-SHUTDOWN_GRACE = 5.0
-
 
 class _Uvicorn(uvicorn.Server):
-    """uvicorn, ending open watches first on shutdown instead of waiting for them."""
+    """uvicorn, ending open watches first on shutdown instead of waiting for them, telling
+    `on_started` once it serves, and returning from `run` after a SIGTERM or SIGINT (uvicorn
+    raises the signal again once shut down, which ended the process before its store was
+    closed)."""
 
-    def __init__(self, config: uvicorn.Config, app: ApiServer) -> None:
+    def __init__(
+        self, config: uvicorn.Config, app: ApiServer, on_started: Callable[[], None] | None = None
+    ) -> None:
         super().__init__(config)
         self._app = app
+        self.on_started = on_started
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self.on_started is not None:
+            self.on_started()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self._app.close_watches()
         await super().shutdown(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        captured = getattr(self, "_captured_signals", None)
+        if isinstance(captured, list):
+            captured.clear()
 
 
 @dataclass
@@ -54,6 +70,11 @@ class ServerConfig:
     history: int = 10_000
     bookmark_interval: float = 60.0
     event_ttl: float = 3600.0  # Events expire this long after their last write, as upstream
+    # A listening TCP socket to serve on instead of binding `host:port` (`port` is then the
+    # socket's), handed down by a parent that had to know the port first (`metal3 standalone`).
+    listen_fd: int | None = None
+    # Where to write the server's URL and a newline once it is about to serve, then close.
+    ready_fd: int | None = None
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -98,7 +119,11 @@ def build_app(config: ServerConfig, token: str | None, address: str) -> tuple[Ap
     store = Store(config.data_dir / "state.db", history=config.history)
     core = Core(store, Registry())
     if config.crds is not None:
-        preload_crds(core, config.crds)
+        try:
+            preload_crds(core, config.crds)
+        except BaseException:
+            store.close()  # its lock too
+            raise
     app = ApiServer(
         core,
         token,
@@ -119,9 +144,20 @@ def serve(config: ServerConfig) -> int:
     except (ApiError, OSError, ValueError, yaml.YAMLError) as exc:
         print(f"error: cannot start: {exc}", file=sys.stderr)
         return 1
-    print(f"metal3 apiserver listening on {prepared.url}", flush=True)
-    print(f"kubeconfig: {prepared.kubeconfig}", flush=True)
+    if config.ready_fd is None:
+        print(f"metal3 apiserver listening on {prepared.url}", flush=True)
+        print(f"kubeconfig: {prepared.kubeconfig}", flush=True)
+    else:  # the parent that asked says it is ready, once it serves
+        ready_fd = config.ready_fd
+
+        def say_ready() -> None:
+            with contextlib.suppress(OSError), open(ready_fd, "w") as ready:
+                ready.write(prepared.url + "\n")
+
+        prepared.server.on_started = say_ready
     try:
+        # asyncio.run ends (cancels, then awaits) every request task before it returns, so
+        # none writes to the store once it is closed.
         prepared.server.run(sockets=[prepared.sock])
     finally:
         prepared.store.close()
@@ -130,47 +166,48 @@ def serve(config: ServerConfig) -> int:
 
 @dataclass
 class PreparedServer:
-    """A bound, configured API server, ready to be served on an event loop."""
+    """A bound, configured API server, ready to be served (`serve`)."""
 
     url: str
     kubeconfig: Path
-    server: uvicorn.Server
+    server: _Uvicorn
     sock: socket.socket
     store: Store
 
-    async def serve(self) -> None:
-        """Serve until cancelled (then stop accepting and close the store).
 
-        The store is closed only once the request tasks are gone: uvicorn cancels the ones
-        that outlive its graceful shutdown without waiting for them, and one still unwinding
-        could otherwise write to a closed database (a traceback at shutdown, seen with 50
-        hosts)."""
-        try:
-            await self.server.serve(sockets=[self.sock])
-        finally:
-            self.server.should_exit = True
-            with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_GRACE):
-                while self.server.server_state.tasks:  # noqa: ASYNC110 (uvicorn offers no event)
-                    await anyio.sleep(0.02)
-            self.store.close()
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on `host:port` (port 0: any free port), as the server wants."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted connections inherit this: a response's header and body writes must not
+        # wait for the client's delayed ACK (Nagle), which costs 40 ms per request.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def prepare(config: ServerConfig) -> PreparedServer:
-    """Credentials, storage, listener and kubeconfig, as `serve` sets them up, for callers
-    that run the server inside their own event loop (`metal3 standalone`, the demo)."""
+    """Credentials, storage, listener and kubeconfig: everything `serve` needs to serve."""
     if config.insecure_http and not _is_loopback(config.host):
         raise ValueError("--insecure-http is only allowed on a loopback address")
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     hosts = sorted({"127.0.0.1", "localhost", "::1", config.host})
     creds = ensure_credentials(config.data_dir, hosts)
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # Accepted connections inherit this: a response's header and body writes must not wait
-    # for the client's delayed ACK (Nagle), which costs 40 ms per request.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((config.host, config.port))
-    sock.listen(1024)
+    if config.listen_fd is None:
+        sock = listening_socket(config.host, config.port)
+    else:
+        sock = socket.socket(fileno=config.listen_fd)
+        if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            sock.close()
+            raise ValueError(f"descriptor {config.listen_fd} is not a listening socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     port = sock.getsockname()[1]
     host_text = f"[{config.host}]" if family == socket.AF_INET6 else config.host
     url = f"{'http' if config.insecure_http else 'https'}://{host_text}:{port}"

@@ -13,8 +13,11 @@ objects are also kept in memory (the store is sized for one site's hosts, not a 
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import sqlite3
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,8 +50,40 @@ class ExpiredError(Exception):
     """The requested resourceVersion is older than the retained history."""
 
 
+LOCK_WAIT = 5.0  # seconds a new store waits for the one before it on the same file to go
+
+
+def _lock(path: Path, wait: float) -> int:
+    """An exclusive lock on `path` (held while the returned descriptor is open; the kernel
+    drops it when the process ends, however it ends). Waits up to `wait` seconds: a server
+    killed with its parent (`metal3 standalone`) may still be exiting when the next starts."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise OSError(
+                    errno.EBUSY, f"another API server is using {path.with_suffix('')}"
+                ) from None
+            time.sleep(0.05)
+
+
 class Store:
-    def __init__(self, path: Path, history: int = 10_000) -> None:
+    def __init__(self, path: Path, history: int = 10_000, lock_wait: float = LOCK_WAIT) -> None:
+        # One server per database: two would each count resourceVersions from what they read
+        # at start, and one's writes would overwrite the other's.
+        self._lock_fd = _lock(path.with_name(path.name + ".lock"), lock_wait)
+        try:
+            self._open(path, history)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+
+    def _open(self, path: Path, history: int) -> None:
         # Secrets are stored as they are in etcd (base64, not encrypted): owner-only access.
         # SQLite gives the -wal and -shm files the database file's permissions.
         path.touch(mode=0o600, exist_ok=True)
@@ -112,6 +147,9 @@ class Store:
         outlived the server's shutdown), never an sqlite3 error."""
         self._closed = True
         self._db.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     # -- reads -------------------------------------------------------------------------------
 

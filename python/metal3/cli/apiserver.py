@@ -37,6 +37,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=3600.0,
         help="seconds an Event lives after its last write",
     )
+    # For `metal3 standalone`, which runs the server as its child: serve on an inherited
+    # listening socket, and say when ready on an inherited pipe (the URL and a newline).
+    parser.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
 
 
@@ -66,5 +70,7 @@ def run(args: argparse.Namespace) -> int:
         history=args.watch_history,
         bookmark_interval=args.bookmark_interval,
         event_ttl=args.event_ttl,
+        listen_fd=args.listen_fd,
+        ready_fd=args.ready_fd,
     )
     return serve(config)

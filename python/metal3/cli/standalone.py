@@ -1,4 +1,4 @@
-"""`metal3 standalone`: the embedded API server and the operator in one process."""
+"""`metal3 standalone`: the embedded API server (a child process) and the operator, together."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
     from metal3.agentapi.server import parse_listen as parse_agent_listen
     from metal3.apiserver.server import parse_listen
-    from metal3.standalone import Standalone, StandaloneOptions
+    from metal3.standalone import ApiServerError, Standalone, StandaloneOptions
 
     configure_logging(args.log_level)
     host, port = parse_listen(args.listen)
@@ -73,5 +73,11 @@ def run(args: argparse.Namespace) -> int:
             await standalone.run(stop)
             tg.cancel_scope.cancel()
 
-    anyio.run(main)
-    return 0
+    code = 0
+    try:
+        anyio.run(main)
+    except* (ApiServerError, OSError) as failed:  # the server did not start, or ended
+        for error in failed.exceptions:
+            print(f"metal3 standalone: error: {error}", file=sys.stderr)
+        code = 1
+    return code

@@ -112,10 +112,6 @@ class _Receiver:
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, str, dict[str, Any]]] = []
-        # A report about one of these systems (by uuid) is answered only once its event is
-        # set; `held` lists those waiting.
-        self.hold: dict[str, threading.Event] = {}
-        self.held: list[str] = []
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -124,12 +120,7 @@ class _Receiver:
 
             def _record(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length))
-                gate = receiver.hold.get(str(body.get("uuid")))
-                if gate is not None:
-                    receiver.held.append(str(body.get("uuid")))
-                    gate.wait(60)
-                receiver.seen.append((self.command, self.path, body))
+                receiver.seen.append((self.command, self.path, json.loads(self.rfile.read(length))))
                 self.send_response(204)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -281,46 +272,6 @@ def test_sushy_reports_concurrent_changes_in_the_order_they_happened(
     assert last["power_state"] == final["PowerState"]
     assert last.get("pending_power") is None
     assert last["boot_device"] == final["Boot"]["BootSourceOverrideTarget"]
-
-
-def test_sushy_a_report_held_up_holds_up_only_its_own_systems_changes(
-    receiver: _Receiver,
-) -> None:
-    """The lab's emulator orders reports per system, not across systems: while the listener
-    holds one system's report, another system's change is made and reported (one order for
-    all systems made fifty hosts' changes wait for each other's reports one by one), and the
-    held system's next change is reported after the held one."""
-    import concurrent.futures
-
-    a = FakeSystem(name="a", external_notifier=True)
-    b = FakeSystem(name="b", external_notifier=True)
-    gate = receiver.hold[a.uuid] = threading.Event()
-    with (
-        SushyEmulator(
-            [a, b], users={"admin": "pw-4"}, notify_url=receiver.url, power_delay=0
-        ) as emulator,
-        concurrent.futures.ThreadPoolExecutor(2) as pool,
-    ):
-        call = _redfish_caller(emulator, "admin", "pw-4")
-        try:
-            first = pool.submit(
-                call, "PATCH", a.path, {"Boot": {"BootSourceOverrideTarget": "Pxe"}}
-            )
-            wait_for(lambda: receiver.held == [a.uuid], "system a's report at the listener", 30)
-            second = pool.submit(
-                call, "PATCH", a.path, {"Boot": {"BootSourceOverrideTarget": "Cd"}}
-            )
-            call("PATCH", b.path, {"Boot": {"BootSourceOverrideTarget": "Cd"}})
-            assert [body["uuid"] for _, _, body in receiver.seen] == [b.uuid]
-            assert not first.done() and not second.done()
-            time.sleep(0.5)  # time for a's second report to reach the listener, were it sent
-            assert receiver.held == [a.uuid]  # it waits in the emulator, behind the first
-        finally:
-            gate.set()
-        first.result(timeout=30)
-        second.result(timeout=30)
-    reports = [body["boot_device"] for _, _, body in receiver.seen if body["uuid"] == a.uuid]
-    assert reports == ["Pxe", "Cd"]
 
 
 @pytest.fixture

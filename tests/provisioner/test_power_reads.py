@@ -80,3 +80,36 @@ async def test_the_state_a_power_step_just_read_is_not_read_again() -> None:
             await factory.for_host(host).power_state()
             assert system_reads(emulator, system.uuid) == after_register + 1
             tg.cancel_scope.cancel()
+
+
+async def test_a_power_step_after_a_power_read_in_one_reconcile_reads_once() -> None:
+    """The state machine asks `power_state`, then `power_on`, of one provisioner (one per
+    reconcile): the second must use the first's read. Reading again sent, on a BMC slower than
+    `bmc_wait`, a second background read every reconcile and never the power request."""
+    system = fake_systems(1, prefix="once")[0]
+    with SushyEmulator([system], users={USER: PASSWORD}) as emulator:
+        address = emulator.address(system)
+        host = BareMetalHost.from_json(
+            {
+                "apiVersion": "metal3.io/v1alpha1",
+                "kind": "BareMetalHost",
+                "metadata": {"name": "once", "namespace": "t", "uid": "uid-once"},
+                "spec": {"bmc": {"address": address, "credentialsName": "once-bmc"}},
+            }
+        )
+        now = [1000.0]
+        factory = DirectProvisionerFactory(
+            DirectSettings(poll_interval=0.2, bmc_wait=5.0), clock=lambda: now[0]
+        )
+        services = ProvisionerServices(client=cast(Any, None), wake=lambda ns, name: None)
+        async with anyio.create_task_group() as tg:
+            await tg.start(factory.run, services)
+            access = ManagementAccessData(address, Credentials(USER, PASSWORD), False, None, None)
+            await until_done(lambda: factory.for_host(host).register(access, force=False))
+            now[0] += FRESH_POWER_READ  # the registration's read is too old to stand
+            before = system_reads(emulator, system.uuid)
+            reconcile = factory.for_host(host)
+            assert (await reconcile.power_state()).powered_on is False
+            await reconcile.power_on(force=False)
+            assert system_reads(emulator, system.uuid) == before + 1  # one read, then the request
+            tg.cancel_scope.cancel()

@@ -39,18 +39,22 @@ async def until_done(call: Callable[[], Awaitable[Result]]) -> None:
             await anyio.sleep(min(result.requeue_after, 0.2))
 
 
+def _host(name: str, address: str) -> BareMetalHost:
+    return BareMetalHost.from_json(
+        {
+            "apiVersion": "metal3.io/v1alpha1",
+            "kind": "BareMetalHost",
+            "metadata": {"name": name, "namespace": "t", "uid": f"uid-{name}"},
+            "spec": {"bmc": {"address": address, "credentialsName": f"{name}-bmc"}},
+        }
+    )
+
+
 async def test_the_state_a_power_step_just_read_is_not_read_again() -> None:
     system = fake_systems(1, prefix="reads")[0]
     with SushyEmulator([system], users={USER: PASSWORD}) as emulator:
         address = emulator.address(system)
-        host = BareMetalHost.from_json(
-            {
-                "apiVersion": "metal3.io/v1alpha1",
-                "kind": "BareMetalHost",
-                "metadata": {"name": "reads", "namespace": "t", "uid": "uid-reads"},
-                "spec": {"bmc": {"address": address, "credentialsName": "reads-bmc"}},
-            }
-        )
+        host = _host("reads", address)
         now = [1000.0]  # the provisioner's clock, moved by the test only: no timing luck
         factory = DirectProvisionerFactory(
             DirectSettings(poll_interval=0.2, bmc_wait=5.0), clock=lambda: now[0]
@@ -89,14 +93,7 @@ async def test_a_power_step_after_a_power_read_in_one_reconcile_reads_once() -> 
     system = fake_systems(1, prefix="once")[0]
     with SushyEmulator([system], users={USER: PASSWORD}) as emulator:
         address = emulator.address(system)
-        host = BareMetalHost.from_json(
-            {
-                "apiVersion": "metal3.io/v1alpha1",
-                "kind": "BareMetalHost",
-                "metadata": {"name": "once", "namespace": "t", "uid": "uid-once"},
-                "spec": {"bmc": {"address": address, "credentialsName": "once-bmc"}},
-            }
-        )
+        host = _host("once", address)
         now = [1000.0]
         factory = DirectProvisionerFactory(
             DirectSettings(poll_interval=0.2, bmc_wait=5.0), clock=lambda: now[0]

@@ -274,6 +274,78 @@ def test_sushy_reports_concurrent_changes_in_the_order_they_happened(
     assert last["boot_device"] == final["Boot"]["BootSourceOverrideTarget"]
 
 
+def test_sushy_remembers_only_passwords_that_passed(receiver: _Receiver) -> None:
+    """The lab's emulator skips the bcrypt check for a user and password that passed before
+    (see metal3.bmc.sushy_ordered); a wrong password is refused every time, also after the
+    right one passed, and the right one still works after a wrong one. A change made through
+    one request is read by the next (the store's one shared connection)."""
+    import urllib.error
+
+    system = FakeSystem(name="n", external_notifier=True)
+    with SushyEmulator(
+        [system], users={"admin": "pw-4"}, notify_url=receiver.url, power_delay=0
+    ) as emulator:
+        right = _redfish_caller(emulator, "admin", "pw-4")
+        wrong = _redfish_caller(emulator, "admin", "pw-5")
+        for _ in range(3):
+            assert right("GET", system.path)["UUID"] == system.uuid
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                wrong("GET", system.path)
+            assert refused.value.code == 401
+        for target in ("Pxe", "Cd", "Hdd"):
+            right("PATCH", system.path, {"Boot": {"BootSourceOverrideTarget": target}})
+            assert right("GET", system.path)["Boot"]["BootSourceOverrideTarget"] == target
+        assert receiver.seen[-1][2]["boot_device"] == "Hdd"
+
+
+def test_a_large_lab_spreads_its_redfish_hosts_over_emulators(
+    tmp_path: Path, receiver: _Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More Redfish hosts than `SYSTEMS_PER_EMULATOR` get more than one emulator process;
+    each host's address reaches its own system (with the shared lab user), whichever
+    emulator serves it, and the lab's power poll reads it there."""
+    from metal3.bmc.emulators import FakeDrive
+    from metal3.lab import bmcs
+    from metal3.lab.bmcs import BmcPlan, LabBmcs, poll_redfish_power
+
+    monkeypatch.setattr(bmcs, "SYSTEMS_PER_EMULATOR", 2)
+    plans = [
+        BmcPlan(
+            name=f"host-{i}",
+            kind="redfish-virtualmedia" if i % 2 else "redfish",
+            system_uuid=f"00000000-0000-4000-8000-{i:012d}",
+            username="lab-admin",
+            password="pw-6",
+            nics=((f"02:00:00:00:00:{i:02x}", ""),),
+            drives=(FakeDrive(id=f"host-{i}-disk0", name="disk", capacity_bytes=2**30),),
+            power_on=i == 4,
+        )
+        for i in range(5)
+    ]
+    lab_bmcs = LabBmcs(tmp_path, plans, receiver.url, power_delay=0)
+    try:
+        lab_bmcs.start()
+        emulators = [pid for what, pid in lab_bmcs.processes() if what.startswith("sushy")]
+        assert len(emulators) == 3 and len(set(emulators)) == 3
+        ports = set()
+        for plan in plans:
+            address = lab_bmcs.address(plan.name)
+            scheme, _, url = address.partition("+")
+            assert scheme == plan.kind
+            base, _, path = url.partition("/redfish/v1/")
+            assert base == lab_bmcs.redfish_url_of(plan.name)
+            ports.add(base)
+            emulator = next(e for e in lab_bmcs.sushy if e.url == base)
+            call = _redfish_caller(emulator, plan.username, plan.password)
+            assert call("GET", "/redfish/v1/" + path)["UUID"] == plan.system_uuid
+            expected = "On" if plan.power_on else "Off"
+            assert poll_redfish_power(base, plan.system_uuid, plan.username, "pw-6") == expected
+        assert len(ports) == 3
+    finally:
+        lab_bmcs.stop()
+    assert all(not os.path.exists(f"/proc/{pid}") for pid in emulators)
+
+
 @pytest.fixture
 def namespace() -> Iterator[str]:
     name = f"m3test-relay-{secrets.token_hex(3)}"

@@ -1,4 +1,5 @@
-"""sushy-tools' fake driver made consistent, for emulators whose changes someone listens to.
+"""sushy-tools' fake driver made consistent (and cheaper), for emulators whose changes someone
+listens to.
 
 Loaded by the emulator's config file (`metal3.bmc.emulators`, with a `notify_url`), inside the
 emulator's process. As shipped, the fake driver keeps each system as a pickled copy in SQLite
@@ -18,7 +19,13 @@ a read that raced it, and booted the host again behind its BMC's back.
   and a failed notification still fails the request (the driver answers 500, as shipped);
 - the SQLite state is written without an fsync per change (``synchronous=off``; it lives as
   long as the emulator): on a disk the lab's hosts were busy writing, each fsync took up to
-  seconds, and under the lock every request waited for them.
+  seconds, and under the lock every request waited for them; and it goes through one
+  connection per process (`_connection`), not a new one per access.
+
+Two costs per request go as well: notifications share one HTTP session, and a user's password,
+once it passed the bcrypt check, is not checked again (`_remember_passwords`). Measured one
+request at a time, a read of a system took 5.9 ms of the emulator's CPU before these three
+changes and 1.7 ms after; a boot device change 5.2 and 2.7 ms; a reset 5.1 and 3.3 ms.
 """
 
 from __future__ import annotations
@@ -91,20 +98,71 @@ def _take_notification(driver: Any, system: dict[str, Any]) -> None:
     _outbox().append((ticket, driver, copy.deepcopy(system)))
 
 
+_connections: dict[str, sqlite3.Connection] = {}  # database path -> this process's connection
+_connections_lock = threading.RLock()  # one user of the connections at a time
+
+
 @contextlib.contextmanager
 def _connection(self: Any) -> Iterator[sqlite3.Cursor]:
+    """A cursor on the process's one connection to the store, used by one thread at a time.
+
+    As shipped, every read of a system opened a new connection and set its journal mode (a
+    read of one system reads the store about fifteen times): a quarter of the emulator's CPU
+    per request went there."""
     if not self._dbpath:
         raise TypeError("Dict is not yet persistent")
-    with sqlite3.connect(self._dbpath) as connection:
-        connection.execute("pragma journal_mode=wal")
-        connection.execute("pragma synchronous=off")
-        yield connection.cursor()
+    with _connections_lock:
+        connection = _connections.get(self._dbpath)
+        if connection is None:
+            connection = sqlite3.connect(self._dbpath, check_same_thread=False)
+            connection.execute("pragma journal_mode=wal")
+            connection.execute("pragma synchronous=off")
+            _connections[self._dbpath] = connection
+        with connection:  # commits on the way out
+            yield connection.cursor()
+
+
+class _Notifier:
+    """Stands in for the `requests` module in the fake driver, whose only use of it is one
+    `put` per notification: through one session, not a new one (and its connection pool) per
+    change."""
+
+    def __init__(self) -> None:
+        import requests
+
+        self._session = requests.Session()
+
+    def put(self, url: str, **kwargs: Any) -> Any:
+        return self._session.put(url, **kwargs)
+
+
+def _remember_passwords(check: Callable[[str, bytes], Any]) -> Callable[[str, bytes], Any]:
+    """sushy-tools' check of a password against one htpasswd entry, remembering the pairs
+    that passed: a bcrypt check per request was a sixth of the emulator's CPU for a read. A
+    pair that failed is checked again each time, and a changed entry is a new pair."""
+    passed: dict[tuple[str, bytes], Any] = {}
+
+    @functools.wraps(check)
+    def auth_entry(entry: str, password: bytes) -> Any:
+        key = (entry, password)
+        if key not in passed:
+            result = check(entry, password)  # raises for a wrong password
+            if len(passed) < 1024:
+                passed[key] = result
+            return result
+        return dict(passed[key])
+
+    return auth_entry
 
 
 def install() -> None:
-    """Patch sushy-tools' fake driver and its state store (see the module doc)."""
-    from sushy_tools.emulator import memoize
+    """Patch sushy-tools' fake driver, its state store and its password check (see the
+    module doc)."""
+    from sushy_tools.emulator import auth_basic, memoize
     from sushy_tools.emulator.resources.systems import fakedriver
+
+    auth_basic.auth_entry = _remember_passwords(auth_basic.auth_entry)
+    fakedriver.requests = _Notifier()
 
     driver = fakedriver.FakeDriver
     send = driver._send_external_notification

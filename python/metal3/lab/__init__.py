@@ -1,8 +1,9 @@
 """The lab: emulated hosts that behave like servers (`metal3 lab up | down | status`).
 
-Each host has a BMC on 127.0.0.1 (Redfish through one sushy-tools emulator, or one of our
-IPMI simulators), disks (sparse files on loop devices), NICs with stable MACs in its own
-network namespace on a bridge inside the lab's namespace, and a hardware profile. Powering a
+Each host has a BMC on 127.0.0.1 (Redfish through sushy-tools emulators of up to 16 hosts
+each, or one of our IPMI simulators), disks (sparse files on loop devices), NICs with stable
+MACs in its own network namespace on a bridge inside the lab's namespace, and a hardware
+profile. Powering a
 host on with network or virtual-media boot starts the agent for it; booting from disk checks
 what the agent wrote. An image server, the agent API relay and the manifests complete it.
 

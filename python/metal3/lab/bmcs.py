@@ -1,5 +1,12 @@
-"""The lab's BMCs, all on 127.0.0.1: one sushy-tools Redfish emulator (fake driver) for every
-Redfish host, and one of our IPMI simulators per IPMI host; and what their reports mean.
+"""The lab's BMCs, all on 127.0.0.1: sushy-tools Redfish emulators (fake driver), each for up
+to `SYSTEMS_PER_EMULATOR` Redfish hosts, and one of our IPMI simulators per IPMI host; and what
+their reports mean.
+
+Why more than one emulator for a large lab: an emulator is one Python process whose fake
+driver runs one call at a time (`metal3.bmc.sushy_ordered`), so fifty hosts asking for a boot
+at once queued behind each other in it, a cost of the emulation that a rack of real BMCs, one
+per server, does not have. In the 50-host bench (4 emulators against 1), a host's deploy result
+became `provisioned` in 0.33-0.40 s at the median instead of 0.89-0.98 s.
 
 Both kinds tell the supervisor about every change at once: the emulator PUTs the whole system
 to `NOTIFY/redfish` (its external notifier; every system has `external_notifier: True`), each
@@ -9,8 +16,8 @@ sets it through the emulator's config file, see `metal3.bmc.emulators`) and only
 system is next read: a report carrying `pending_power` makes the lab read the system at that
 time (`poll_redfish_power`), which applies the change and brings the next report.
 
-The Redfish hosts share the emulator's one user (it has no per-system users); each IPMI host
-has its own. Passwords are random per lab and never logged.
+The Redfish hosts share one user, the same in every emulator (the emulator has no per-system
+users); each IPMI host has its own. Passwords are random per lab and never logged.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from metal3.bmc.emulators import FakeDrive, FakeSystem, IPMISimulator, SushyEmul
 from metal3.lab.hosts import BmcReport
 
 REDFISH_KINDS = ("redfish", "redfish-virtualmedia")
+SYSTEMS_PER_EMULATOR = 16
 KINDS = (*REDFISH_KINDS, "ipmi")
 _REDFISH_BOOT = {"pxe": "pxe", "cd": "cd", "hdd": "disk", "none": "none", "uefihttp": "uefihttp"}
 
@@ -56,15 +64,18 @@ class LabBmcs:
         self.plans = {plan.name: plan for plan in plans}
         self.notify_url = notify_url
         self.power_delay = power_delay
-        self.sushy: SushyEmulator | None = None
+        self.sushy: list[SushyEmulator] = []
+        self.emulator_of: dict[str, SushyEmulator] = {}  # Redfish host name -> its emulator
         self.ipmi: dict[str, IPMISimulator] = {}
 
     def start(self, timeout: float = 60.0) -> None:
         """Start every BMC side by side, then wait until each answers."""
         redfish = [p for p in self.plans.values() if p.kind in REDFISH_KINDS]
         users = {p.username: p.password for p in redfish}
-        if redfish:
-            self.sushy = SushyEmulator(
+        shards = -(-len(redfish) // SYSTEMS_PER_EMULATOR)
+        for index in range(shards):
+            members = redfish[index::shards]
+            emulator = SushyEmulator(
                 [
                     FakeSystem(
                         name=p.name,
@@ -75,15 +86,17 @@ class LabBmcs:
                         external_notifier=True,
                         boot_device=p.boot_device,
                     )
-                    for p in redfish
+                    for p in members
                 ],
                 users=users,
                 notify_url=f"{self.notify_url}/redfish",
                 power_delay=self.power_delay,
-                workdir=self.folder / "redfish",
+                workdir=self.folder / ("redfish" if index == 0 else f"redfish-{index}"),
                 exit_with_parent=True,
             )
-            self.sushy.launch()
+            self.sushy.append(emulator)
+            self.emulator_of.update({p.name: emulator for p in members})
+            emulator.launch()
         for plan in self.plans.values():
             if plan.kind == "ipmi":
                 sim = IPMISimulator(
@@ -94,8 +107,8 @@ class LabBmcs:
                 )
                 self.ipmi[plan.name] = sim
                 sim.launch()
-        if self.sushy is not None:
-            self.sushy.wait_ready(timeout)
+        for emulator in self.sushy:
+            emulator.wait_ready(timeout)
         for sim in self.ipmi.values():
             sim.wait_ready(timeout)
 
@@ -103,28 +116,33 @@ class LabBmcs:
         plan = self.plans[name]
         if plan.kind == "ipmi":
             return self.ipmi[name].address()
-        assert self.sushy is not None
-        return (
-            f"{plan.kind}+http://127.0.0.1:{self.sushy.port}/redfish/v1/Systems/{plan.system_uuid}"
-        )
+        return f"{plan.kind}+{self.redfish_url_of(name)}/redfish/v1/Systems/{plan.system_uuid}"
+
+    def redfish_url_of(self, name: str) -> str:
+        """The base URL of the emulator that serves Redfish host `name`."""
+        return self.emulator_of[name].url
 
     @property
     def redfish_url(self) -> str:
-        return self.sushy.url if self.sushy is not None else ""
+        """The first emulator's base URL ("" without Redfish hosts); `redfish_url_of` names
+        the one of a given host."""
+        return self.sushy[0].url if self.sushy else ""
 
     def processes(self) -> list[tuple[str, int]]:
         """(what, pid) of every BMC process started."""
         found = []
-        if self.sushy is not None and self.sushy.process is not None:
-            found.append(("sushy-emulator", self.sushy.process.pid))
+        for index, emulator in enumerate(self.sushy):
+            if emulator.process is not None:
+                what = "sushy-emulator" if len(self.sushy) == 1 else f"sushy-emulator {index}"
+                found.append((what, emulator.process.pid))
         for name, sim in self.ipmi.items():
             if sim.process is not None:
                 found.append((f"ipmisim {name}", sim.process.pid))
         return found
 
     def stop(self) -> None:
-        if self.sushy is not None:
-            self.sushy.stop()
+        for emulator in self.sushy:
+            emulator.stop()
         for sim in self.ipmi.values():
             sim.stop()
 

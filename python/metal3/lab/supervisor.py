@@ -441,7 +441,7 @@ class Supervisor:
         """Read the system so the fake driver applies its due power change (and notifies)."""
         assert self.bmcs is not None
         plan = self.bmcs.plans[name]
-        url = self.bmcs.redfish_url
+        url = self.bmcs.redfish_url_of(name)
 
         def read() -> str:
             return poll_redfish_power(url, uuid, plan.username, plan.password)

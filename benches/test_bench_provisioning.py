@@ -835,7 +835,9 @@ def timelines(f: dict[str, Any]) -> str:
     return "\n".join([head, *lines])
 
 
-def test_provision_fleet(benchmark: Any, lab: Lab, image: Image, operator: Operator) -> None:
+def test_provision_fleet(
+    benchmark: Any, lab: Lab, image: Image, operator: Operator, tmp_path: Path
+) -> None:
     figures: dict[str, Any] = {}
 
     def run() -> None:
@@ -843,6 +845,7 @@ def test_provision_fleet(benchmark: Any, lab: Lab, image: Image, operator: Opera
 
     benchmark.pedantic(run, rounds=1, iterations=1)
     benchmark.extra_info.update({k: v for k, v in figures.items() if k != "per_host"})
+    (tmp_path / "figures.json").write_text(json.dumps(figures, indent=1))  # with per_host
     print("\n" + timelines(figures) + "\n" + summary(figures) + "\n" + span_cpu_table(figures))
     for name, messages in figures["errors"].items():
         print(f"{name}: error(s) on the way, retried by the operator: {messages}")

@@ -167,3 +167,65 @@ def test_long_host_names_get_distinct_short_record_names() -> None:
     assert record_name("h1") == "metal3-agent-h1"
     assert len(record_name(long_a)) <= 253
     assert record_name(long_a) != record_name(long_b)
+
+
+class _CountingReads:
+    """The client's reads of Secrets, counted (a wrapper: every other call goes through)."""
+
+    def __init__(self, client: KubeClient) -> None:
+        self._client = client
+        self.reads = 0
+
+    async def get(self, resource: Any, *args: Any, **kwargs: Any) -> Any:
+        if resource is SECRETS:
+            self.reads += 1
+        return await self._client.get(resource, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+async def test_a_change_from_a_record_read_before_is_safe(kubeconfig: Path, namespace: str) -> None:
+    """`change` with the caller's record: a write from it needs no second read and the
+    record comes back with the Secret's new version (a next change from it needs none
+    either); a write from a record someone changed since conflicts and is made again on a
+    fresh read, losing nothing; a change that is none on an old record is confirmed on a
+    fresh one (someone may have written what it undoes)."""
+    async with await KubeClient.connect(str(kubeconfig)) as client:
+        host = await setup(client, namespace)
+        counting = _CountingReads(client)
+        records = AgentRecords(counting)  # type: ignore[arg-type]
+        _, digest = new_token()
+        await records.update(host, lambda r: r.issue_token(digest))
+
+        read = await records.get(host)
+        counting.reads = 0
+        _, after = await records.change(host, AgentRecord.expect_agent, current=read)
+        _, after = await records.change(host, AgentRecord.agent_gone, current=after)
+        assert counting.reads == 0
+        stored = await AgentRecords(client).get(host)
+        assert stored.resource_version == after.resource_version
+        assert (stored.token_hash, stored.agent_boot_at) == ("", "")
+
+        # Someone else writes after our read: our write conflicts and is made again.
+        old = await records.get(host)
+        _, other = new_token()
+        await AgentRecords(client).update(host, lambda r: r.issue_token(other))
+        counting.reads = 0
+        added, _ = await records.change(
+            host, lambda r: r.add_result("deploy-" + "b" * 24, result()), current=old
+        )
+        assert added is True and counting.reads == 1
+        stored = await AgentRecords(client).get(host)
+        assert stored.token_hash == other and list(stored.results) == ["deploy-" + "b" * 24]
+
+        # A token issued after our read: agent_gone is a no-op on our old record (no token
+        # there), not on the record as it is; the token must go.
+        await AgentRecords(client).update(host, lambda r: r.agent_gone())
+        old = await records.get(host)
+        assert old.token_hash == ""
+        _, third = new_token()
+        await AgentRecords(client).update(host, lambda r: r.issue_token(third))
+        _, now = await records.change(host, AgentRecord.agent_gone, current=old)
+        assert now.token_hash == ""
+        assert (await AgentRecords(client).get(host)).token_hash == ""

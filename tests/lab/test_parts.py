@@ -229,6 +229,25 @@ def test_sushy_notifies_and_applies_power_after_the_set_delay(receiver: _Receive
         )  # fmt: skip
 
 
+def test_sushy_applies_a_power_change_without_delay_in_its_own_request(
+    receiver: _Receiver,
+) -> None:
+    """With a power delay of 0 the change is applied and reported before the request is
+    answered (see metal3.bmc.sushy_ordered), as a BMC that acts on the request does: the lab
+    boots the host on that report, with no read of the system needed first."""
+    system = FakeSystem(name="n", external_notifier=True)
+    with SushyEmulator(
+        [system], users={"admin": "pw-7"}, notify_url=receiver.url, power_delay=0
+    ) as emulator:
+        call = _redfish_caller(emulator, "admin", "pw-7")
+        for reset, state in (("On", "On"), ("ForceOff", "Off"), ("On", "On")):
+            call("POST", system.path + "/Actions/ComputerSystem.Reset", {"ResetType": reset})
+            last = receiver.seen[-1][2]  # already there: sent before the answer
+            assert (last["power_state"], last.get("pending_power")) == (state, None)
+        gets = emulator.log_path.read_text(errors="replace").count(f'"GET {system.path} ')
+        assert gets == 0
+
+
 def test_sushy_reports_concurrent_changes_in_the_order_they_happened(
     receiver: _Receiver,
 ) -> None:

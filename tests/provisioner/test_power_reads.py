@@ -15,7 +15,7 @@ from metal3.bmc.credentials import Credentials
 from metal3.bmc.emulators import SushyEmulator, fake_systems
 from metal3.provisioner.base import ManagementAccessData, ProvisionerServices, Result
 from metal3.provisioner.direct.factory import DirectProvisionerFactory
-from metal3.provisioner.direct.provisioner import FRESH_POWER_READ
+from metal3.provisioner.direct.provisioner import FIRST_POWER_POLL, FRESH_POWER_READ
 from metal3.provisioner.direct.settings import DirectSettings
 
 pytestmark = pytest.mark.anyio
@@ -108,5 +108,39 @@ async def test_a_power_step_after_a_power_read_in_one_reconcile_reads_once() -> 
             reconcile = factory.for_host(host)
             assert (await reconcile.power_state()).powered_on is False
             await reconcile.power_on(force=False)
-            assert system_reads(emulator, system.uuid) == before + 1  # one read, then the request
+            log = emulator.log_path.read_text(errors="replace").splitlines()
+            calls = [line for line in log if f"/Systems/{system.uuid}" in line][-3:]
+            # One read, the request (not a second read before it), one look right after it.
+            assert system_reads(emulator, system.uuid) == before + 2
+            assert ["GET" in calls[0], "POST" in calls[1], "GET" in calls[2]] == [True] * 3
+            tg.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("delay", [0, 2])
+async def test_a_power_change_is_looked_for_once_right_after_its_request(delay: int) -> None:
+    """Right after a power request the provisioner reads the power once: a BMC that applied
+    the change already (no delay) ends the step in the same call, one that applies it later
+    leaves the step in progress with the first poll soon after."""
+    system = fake_systems(1, prefix=f"look{delay}")[0]
+    with SushyEmulator([system], users={USER: PASSWORD}, power_delay=delay) as emulator:
+        address = emulator.address(system)
+        host = _host(f"look{delay}", address)
+        now = [1000.0]
+        factory = DirectProvisionerFactory(
+            DirectSettings(poll_interval=0.2, bmc_wait=5.0), clock=lambda: now[0]
+        )
+        services = ProvisionerServices(client=cast(Any, None), wake=lambda ns, name: None)
+        async with anyio.create_task_group() as tg:
+            await tg.start(factory.run, services)
+            access = ManagementAccessData(address, Credentials(USER, PASSWORD), False, None, None)
+            await until_done(lambda: factory.for_host(host).register(access, force=False))
+            now[0] += FRESH_POWER_READ
+            before = system_reads(emulator, system.uuid)
+            result = await factory.for_host(host).power_on(force=False)
+            assert system_reads(emulator, system.uuid) == before + 2  # before and after
+            if delay == 0:
+                assert result.complete and not result.error_message
+            else:
+                assert not result.complete and not result.error_message
+                assert result.requeue_after == pytest.approx(FIRST_POWER_POLL)
             tg.cancel_scope.cancel()

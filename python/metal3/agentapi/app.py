@@ -428,7 +428,7 @@ class AgentApi:
     async def _result(
         self, request: Request, uid: str, command_id: str, body: JsonObject
     ) -> JsonObject:
-        host, _ = await self._authenticate(request, uid)
+        host, record = await self._authenticate(request, uid)
         command = command_of(command_id)
         if command is None:
             raise HttpError(400, "malformed command id")
@@ -457,7 +457,7 @@ class AgentApi:
             return added
 
         try:
-            recorded = await self.records.update(host, record_once)
+            recorded = await self.records.update(host, record_once, current=record)
         except ResultTooLargeError as exc:
             raise HttpError(413, f"result too large: {exc}") from None
         log.info(

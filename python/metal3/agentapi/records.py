@@ -298,25 +298,60 @@ class AgentRecords:
             raise
         return AgentRecord.from_secret(secret, uid)
 
-    async def update(self, host: JsonObject, change: Callable[[AgentRecord], T]) -> T:
+    async def update(
+        self,
+        host: JsonObject,
+        change: Callable[[AgentRecord], T],
+        *,
+        current: AgentRecord | None = None,
+    ) -> T:
         """Apply ``change`` to the host's record and write it if it changed; returns what
         ``change`` returned. ``change`` may run more than once (after a conflict), each time
-        on a freshly read record, so it must only mutate the record it is given."""
-        for attempt in range(MAX_ATTEMPTS):
-            if attempt:  # a conflict: let the other writer finish, at a random moment
-                await anyio.sleep(random.uniform(0, 0.01 * attempt))
-            record = await self.get(host)
+        on a freshly read record, so it must only mutate the record it is given. See
+        `change` for ``current``."""
+        value, _ = await self.change(host, change, current=current)
+        return value
+
+    async def change(
+        self,
+        host: JsonObject,
+        change: Callable[[AgentRecord], T],
+        *,
+        current: AgentRecord | None = None,
+    ) -> tuple[T, AgentRecord]:
+        """`update`, also returning the record as the API server now has it (changed and
+        written, with its new resourceVersion, or unchanged).
+
+        ``current`` is the record as the caller read it (a reconcile, a request), tried first
+        instead of a second read. A write from it is safe (a record changed since makes it
+        conflict, and the record is read again); a change that is none on it is confirmed on
+        a fresh read, since someone may have written what the change undoes. ``current`` is
+        changed in place; the caller goes on with the returned record, not with it."""
+        record = current
+        conflicts = 0
+        while conflicts < MAX_ATTEMPTS:
+            fresh = record is None
+            if record is None:
+                record = await self.get(host)
             before = record.to_data()
             value = change(record)
             if record.to_data() == before:
-                return value
+                if not fresh:
+                    record = None  # a no-op on an earlier read: look at the record as it is
+                    continue
+                return value, record
             try:
                 await self._write(host, record)
             except ApiError as exc:
-                if exc.conflict or exc.not_found:
-                    continue  # someone else wrote (or deleted) it meanwhile: read again
-                raise
-            return value
+                if not (exc.conflict or exc.not_found):
+                    raise
+                # Someone else wrote (or deleted) it meanwhile: read again, after letting the
+                # other writer finish, at a random moment.
+                conflicts += 1
+                record = None
+                await anyio.sleep(random.uniform(0, 0.01 * conflicts))
+                continue
+            return value, record
         raise ApiError(409, "Conflict", f"agent record of {_name(host)}: too many conflicts")
 
     async def rotate_token(self, host: JsonObject) -> bool:
@@ -357,6 +392,7 @@ class AgentRecords:
         }
         if record.exists:
             body["metadata"]["resourceVersion"] = record.resource_version
-            await self.client.replace(SECRETS, body)
+            written = await self.client.replace(SECRETS, body)
         else:
-            await self.client.create(SECRETS, body)
+            written = await self.client.create(SECRETS, body)
+        record.resource_version = str((written.get("metadata") or {}).get("resourceVersion", ""))

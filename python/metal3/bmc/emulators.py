@@ -368,7 +368,8 @@ def _fixed_power_delay(seconds: int) -> list[str]:
     change `seconds` after the request instead of a random 1 to 11 s: the driver draws the
     delay with `random.randint(1, 11)`, so its module gets a `random` that returns `seconds`.
     As in the driver, the change lands when the system is next read at or after
-    `int(now) + seconds`, so up to a second earlier than `seconds`."""
+    `int(now) + seconds`, so up to a second earlier than `seconds` (with 0 and a `notify_url`,
+    in the request itself: `metal3.bmc.sushy_ordered`)."""
     return [
         "from sushy_tools.emulator.resources.systems import fakedriver as _fakedriver",
         "class _FixedDelay:",

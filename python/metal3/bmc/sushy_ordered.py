@@ -22,6 +22,9 @@ a read that raced it, and booted the host again behind its BMC's back.
   seconds, and under the lock every request waited for them; and it goes through one
   connection per process (`_connection`), not a new one per access.
 
+A power change whose delay is 0 is applied in its own request (`_apply_when_due`), not at
+the next read of the system.
+
 Two costs per request go as well: notifications share one HTTP session, and a user's password,
 once it passed the bcrypt check, is not checked again (`_remember_passwords`). Measured one
 request at a time, a read of a system took 5.9 ms of the emulator's CPU before these three
@@ -155,6 +158,19 @@ def _remember_passwords(check: Callable[[str, bytes], Any]) -> Callable[[str, by
     return auth_entry
 
 
+def _apply_when_due(set_power_state: Callable[..., Any]) -> Callable[..., Any]:
+    """The driver's power request, then a read of the system: a change already due (a power
+    delay of 0) is applied and reported at once, as a BMC that acts on the request does. As
+    shipped it waited for the next read of the system, which a listener had to make."""
+
+    @functools.wraps(set_power_state)
+    def call(self: Any, identity: str, state: str) -> None:
+        set_power_state(self, identity, state)
+        self._get(identity)
+
+    return call
+
+
 def install() -> None:
     """Patch sushy-tools' fake driver, its state store and its password check (see the
     module doc)."""
@@ -165,6 +181,7 @@ def install() -> None:
     fakedriver.requests = _Notifier()
 
     driver = fakedriver.FakeDriver
+    driver.set_power_state = _apply_when_due(driver.set_power_state)  # locked whole, below
     send = driver._send_external_notification
     for name, method in list(vars(driver).items()):
         if callable(method) and not name.startswith("__") and name != "_send_external_notification":

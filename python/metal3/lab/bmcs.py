@@ -13,8 +13,10 @@ to `NOTIFY/redfish` (its external notifier; every system has `external_notifier:
 simulator POSTs its state to `NOTIFY/ipmi/NAME`. The fake driver applies a power change only
 `power_delay` seconds after the request (sushy-tools' default is a random 1 to 11 s; the lab
 sets it through the emulator's config file, see `metal3.bmc.emulators`) and only when the
-system is next read: a report carrying `pending_power` makes the lab read the system at that
-time (`poll_redfish_power`), which applies the change and brings the next report.
+system is next read (with a delay of 0, in the request itself: `metal3.bmc.sushy_ordered`): a
+report carrying `pending_power` makes the lab read the system at that time
+(`poll_redfish_power`: the read applies the change and brings the next report), unless a
+later report already says it is applied.
 
 The Redfish hosts share one user, the same in every emulator (the emulator has no per-system
 users); each IPMI host has its own. Passwords are random per lab and never logged.

@@ -436,10 +436,15 @@ class Supervisor:
             self.polls[uuid] = POLL_ATTEMPTS
             delay = max(0.0, pending.apply_time - time.time()) + 0.01
             self.loop.call_later(delay, self._poll, uuid, name, pending)
+        else:
+            self.polls.pop(uuid, None)  # applied (a change due at once, or someone's read)
 
     def _poll(self, uuid: str, name: str, pending: PendingPower) -> None:
-        """Read the system so the fake driver applies its due power change (and notifies)."""
+        """Read the system so the fake driver applies its due power change (and notifies);
+        nothing once a report said it is applied."""
         assert self.bmcs is not None
+        if self.polls.get(uuid, 0) <= 0:
+            return
         plan = self.bmcs.plans[name]
         url = self.bmcs.redfish_url_of(name)
 

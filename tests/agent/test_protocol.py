@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -40,6 +40,7 @@ from metal3.agent.client import AgentApiError, AgentClient, retrying
 from metal3.agent.errors import AgentError
 from metal3.agent.runner import (
     AgentState,
+    DeployProgress,
     Outcome,
     Runner,
     RunnerOptions,
@@ -504,6 +505,34 @@ async def test_a_result_the_operator_cannot_keep_is_reported_as_a_failure(
         (recorded,) = (await AgentRecords(h.client).get(host)).results.values()
         assert (recorded.command, recorded.status, recorded.result) == ("inspect", "failed", None)
         assert recorded.error is not None and "result too large" in recorded.error
+
+
+def test_a_deploy_does_not_wait_for_its_started_report() -> None:
+    """A deploy's "started" goes to the operator from the progress thread: the write begins
+    while that report is still unanswered (a busy operator), and the report is the first the
+    thread sends. Progress is a hint; the write must not wait for it."""
+    answer = threading.Event()
+    sent: list[tuple[str, int | None]] = []
+
+    class SlowOperator:
+        def progress(self, uid: str, token: str, command_id: str, phase: str, *,
+                     done_bytes: int | None = None) -> None:  # fmt: skip
+            sent.append((phase, done_bytes))
+            if not answer.wait(30):
+                raise AgentApiError(None, "never answered")
+
+        def close(self) -> None:
+            pass
+
+    with DeployProgress(cast(AgentClient, SlowOperator()), "uid", "token", "deploy-1") as p:
+        deadline = time.monotonic() + 30
+        while not sent and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sent == [("started", None)]
+        assert not answer.is_set()  # the write goes on here, the report still unanswered
+        p.update(10, 10, 100)
+        answer.set()
+    assert sent[0] == ("started", None)
 
 
 def test_at_nice_returns_the_works_value_and_raises_its_error() -> None:

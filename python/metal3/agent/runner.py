@@ -49,7 +49,10 @@ KEPT_OUTCOMES = 32
 TERMINAL = ("power_off", "reboot_to_disk")
 POWER_ACTIONS = ("exit", "system")
 MIN_POLL_INTERVAL = 0.5  # seconds between two command requests, however quick the answer
-PROGRESS_INTERVAL = 2.0  # seconds between deploy progress reports
+# Seconds between deploy progress reports. Each costs the operator a request and a read of the
+# host's agent record: while fifty lab hosts wrote, the operator used 0.27 of a core with
+# reports every 2 s, 0.21-0.23 with every 10 s (the 50-host bench).
+PROGRESS_INTERVAL = 10.0
 
 
 class SessionEndedError(AgentError):
@@ -268,7 +271,7 @@ def run_deploy(args: JsonObject, progress: DeployProgress | None = None) -> Json
 
 
 class DeployProgress:
-    """Reports a deploy's bytes written every few seconds, from its own thread and
+    """Reports a deploy's bytes written every `PROGRESS_INTERVAL`, from its own thread and
     connection, so a slow or absent operator never holds up the write (best effort)."""
 
     def __init__(self, client: AgentClient, uid: str, token: str, command_id: str) -> None:
@@ -294,6 +297,10 @@ class DeployProgress:
 
     def _send_loop(self) -> None:
         uid, token, command_id = self._call
+        try:
+            self._client.progress(uid, token, command_id, "started")
+        except AgentApiError as exc:
+            log.debug("progress of %s not sent: %s", command_id, exc.message)
         while not self._stop.wait(PROGRESS_INTERVAL):
             written = self._written
             if written == self._sent or written < 0:
@@ -628,7 +635,6 @@ class Runner:
             log.info("running %s %s", name, command_id)
             if name in TERMINAL:
                 return self._leave(command_id, name)
-            self._progress(command_id, "started")
             outcome = self._execute(command_id, name, args)
             self.state.outcomes[command_id] = outcome
             self._save()
@@ -642,8 +648,11 @@ class Runner:
         return self.client.command(uid, token, wait=self.poll_seconds)
 
     def _execute(self, command_id: str, name: str, args: JsonObject) -> Outcome:
+        """Run a command, its start told to the operator first; a deploy's from the thread
+        that reports its progress, so that the write does not wait for the answer."""
         handler = self.options.handlers.get(name)
         if handler is not run_deploy:
+            self._progress(command_id, "started")
             return execute(name, args, self.options.handlers)
         progress_client = AgentClient(
             self.options.api_url, ca_file=self.options.ca_file, ca_data=self.options.ca_data,

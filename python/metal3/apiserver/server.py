@@ -21,6 +21,7 @@ from typing import Any
 import uvicorn
 import yaml
 
+from metal3 import sockets
 from metal3.apiserver.core import Core, WriteOptions
 from metal3.apiserver.credentials import ensure_credentials, write_kubeconfig
 from metal3.apiserver.errors import ApiError
@@ -176,20 +177,9 @@ class PreparedServer:
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket listening on `host:port` (port 0: any free port), as the server wants."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        # Accepted connections inherit this: a response's header and body writes must not
-        # wait for the client's delayed ACK (Nagle), which costs 40 ms per request.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind((host, port))
-        sock.listen(1024)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    """A TCP socket listening on `host:port` (port 0: any free port), as the server wants:
+    a deep backlog, and no Nagle delay on a response's header and body writes."""
+    return sockets.listening_socket(host, port, backlog=1024, no_delay=True)
 
 
 def prepare(config: ServerConfig) -> PreparedServer:

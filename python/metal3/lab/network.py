@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from metal3 import sockets
+
 NETNS_DIR = Path("/run/netns")
 BRIDGE = "br0"
 CLONE_NEWNET = 0x40000000
@@ -244,14 +246,6 @@ def listening_socket(address: str, port: int, *, namespace: str | None = None) -
     """A TCP socket listening on address:port, in `namespace` (None: this thread's)."""
 
     def make() -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((address, port))
-            sock.listen(128)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+        return sockets.listening_socket(address, port)
 
     return make() if namespace is None else in_namespace(namespace, make)

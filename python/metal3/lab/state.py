@@ -9,7 +9,8 @@ is ready, and removed when it is taken down. Its keys:
                    "ca_file", "cert_file", "key_file"},
      "images": {"dir", "url" (hosts' base URL), "local_url" (http://127.0.0.1:PORT/)},
      "agent_iso_url" (what a BMC downloads for virtual media),
-     "bmcs": {"redfish_url", "notify_url"},
+     "bmcs": {"redfish_url" (the first Redfish emulator's; a lab of more than 16 Redfish hosts
+              has more: each host's own is in its "bmc_address"), "notify_url"},
      "libvirt_uri" (a VM lab's libvirtd, `qemu:///system?socket=...`; "" otherwise),
      "hosts_cpu": {"group" (the hosts' CPU cgroup, `metal3.lab.cpu`; "" if none),
                    "note" (why there is none)},

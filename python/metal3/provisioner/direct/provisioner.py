@@ -255,8 +255,7 @@ class DirectProvisioner:
         state = known if known is not None else await self._current_power()
         wanted = BMCPower.ON if on else BMCPower.OFF
         if state == wanted:
-            session.power_request = None
-            session.soft_off_since = None
+            self._power_reached()
             return None
         now = self._clock()
         pending = session.power_request
@@ -324,12 +323,15 @@ class DirectProvisioner:
         `FIRST_POWER_POLL` and a trip through the work queue later: in a burst of fifty hosts
         that trip was the wait behind every other host's reconcile, three times per
         provisioning. A BMC that applies it later costs this one read, then the usual polls."""
-        state = await self._read_power()
-        if state == wanted:
-            self.session.power_request = None
-            self.session.soft_off_since = None
+        if await self._read_power() == wanted:
+            self._power_reached()
             return None
         return self._power_poll(0.0)
+
+    def _power_reached(self) -> None:
+        """The host is as wanted: no request (nor soft power off) is pending any more."""
+        self.session.power_request = None
+        self.session.soft_off_since = None
 
     async def _end_agent_session(self) -> None:
         """Before any power off: the agent running now (if any) loses its token, and none is

@@ -296,20 +296,23 @@ class DeployProgress:
         self._client.close()
 
     def _send_loop(self) -> None:
-        uid, token, command_id = self._call
-        try:
-            self._client.progress(uid, token, command_id, "started")
-        except AgentApiError as exc:
-            log.debug("progress of %s not sent: %s", command_id, exc.message)
+        self._send("started")
         while not self._stop.wait(PROGRESS_INTERVAL):
             written = self._written
             if written == self._sent or written < 0:
                 continue
-            try:
-                self._client.progress(uid, token, command_id, "write", done_bytes=written)
+            if self._send("write", written):
                 self._sent = written
-            except AgentApiError as exc:
-                log.debug("progress of %s not sent: %s", command_id, exc.message)
+
+    def _send(self, phase: str, done_bytes: int | None = None) -> bool:
+        """One report, best effort: True if the operator took it."""
+        uid, token, command_id = self._call
+        try:
+            self._client.progress(uid, token, command_id, phase, done_bytes=done_bytes)
+        except AgentApiError as exc:
+            log.debug("progress of %s not sent: %s", command_id, exc.message)
+            return False
+        return True
 
 
 def run_custom_deploy(args: JsonObject) -> JsonObject:
